@@ -1,0 +1,411 @@
+"""CLIP in Flax linen, equal to transformers' PyTorch `CLIPModel` for any `CLIPConfig`.
+
+Parameter names mirror transformers' state-dict keys (`vision_model/encoder/layers_0/self_attn/q_proj/kernel`
+for `vision_model.encoder.layers.0.self_attn.q_proj.weight`), so loading is a fixed renaming and transposing
+(see `clip_checkpoint.py`). Images are NHWC. Everything ZegOT reads from the frozen towers comes out of one
+forward pass:
+
+  * the global image embedding f̄ (CLS → post_layernorm → visual_projection),
+  * the patch tokens of any requested layers, raw and mapped through the frozen post_layernorm and
+    visual_projection (the dense features of DFA; DESIGN.md),
+  * the last block's value embeddings (MaskCLIP-style dense features) on request,
+  * text embeddings from token ids, or from token embeddings whose placeholder positions hold learnable
+    CoOp contexts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from zegot_jax.models.pos_embed import Method, resize_position_embedding
+
+Dtype = Any
+
+# Activations transformers' CLIP configs name (`ACT2FN`). CLIP checkpoints use quick_gelu (OpenAI) or gelu.
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TowerConfig:
+  """What a pre-LN transformer tower needs; the fields of transformers' CLIPVisionConfig/CLIPTextConfig."""
+
+  hidden_size: int
+  intermediate_size: int
+  num_hidden_layers: int
+  num_attention_heads: int
+  hidden_act: str = "quick_gelu"
+  layer_norm_eps: float = 1e-5
+
+  def __post_init__(self):
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(
+          f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
+      )
+
+
+@dataclasses.dataclass(frozen=True)
+class VisionConfig(TowerConfig):
+  image_size: int = 224
+  patch_size: int = 16
+  num_channels: int = 3
+  # Patch grid of the stored position embedding: (image_size // patch_size,) * 2 as released, or the grid of
+  # the image size it was resized to at load time.
+  pos_grid: tuple[int, int] | None = None
+  pos_resize_method: Method = "bicubic"
+
+  @property
+  def grid(self) -> tuple[int, int]:
+    if self.pos_grid is not None:
+      return tuple(self.pos_grid)
+    g = self.image_size // self.patch_size
+    return (g, g)
+
+
+@dataclasses.dataclass(frozen=True)
+class TextConfig(TowerConfig):
+  vocab_size: int = 49408
+  max_position_embeddings: int = 77
+  eos_token_id: int = 49407
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPConfig:
+  vision: VisionConfig
+  text: TextConfig
+  projection_dim: int = 512
+
+
+# ----------------------------------------------------------------------------------------------- building blocks
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with q/k/v/out projections (transformers' `CLIPAttention`)."""
+
+  features: int
+  num_heads: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    dense = functools.partial(nn.Dense, self.features, dtype=self.dtype, param_dtype=self.param_dtype)
+    self.q_proj, self.k_proj, self.v_proj, self.out_proj = dense(), dense(), dense(), dense()
+
+  def _heads(self, x: jax.Array) -> jax.Array:
+    return x.reshape(*x.shape[:-1], self.num_heads, self.features // self.num_heads)  # (B, T, heads, head_dim)
+
+  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None) -> jax.Array:
+    q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)  # scale = head_dim ** -0.5
+    return self.out_proj(out.reshape(x.shape))
+
+  def value_embeddings(self, x: jax.Array) -> jax.Array:
+    """The value path alone, out_proj(v_proj(x)): MaskCLIP's dense features skip the query-key attention."""
+    return self.out_proj(self.v_proj(x))
+
+
+class MLP(nn.Module):
+  config: TowerConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
+    x = dense(self.config.intermediate_size, name="fc1")(x)
+    x = ACTIVATIONS[self.config.hidden_act](x)
+    return dense(self.config.hidden_size, name="fc2")(x)
+
+
+def _layer_norm(config: TowerConfig, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
+  # Flax computes the statistics in float32 whatever `dtype` is.
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=param_dtype)
+
+
+class EncoderLayer(nn.Module):
+  """Pre-LN block: x + attn(ln1(x)), then + mlp(ln2(x))."""
+
+  config: TowerConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.layer_norm1 = _layer_norm(c, **kw)
+    self.self_attn = Attention(c.hidden_size, c.num_attention_heads, **kw)
+    self.layer_norm2 = _layer_norm(c, **kw)
+    self.mlp = MLP(c, **kw)
+
+  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None) -> jax.Array:
+    x = x + self.self_attn(self.layer_norm1(x), causal=causal, mask=mask)
+    return x + self.mlp(self.layer_norm2(x))
+
+  def value_embeddings(self, x: jax.Array) -> jax.Array:
+    return self.self_attn.value_embeddings(self.layer_norm1(x))
+
+
+class Encoder(nn.Module):
+  """A stack of `EncoderLayer`s; returns every hidden state, the input included (as transformers does)."""
+
+  config: TowerConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    self.layers = [EncoderLayer(self.config, self.dtype, self.param_dtype)  # named layers_0, layers_1, ...
+                   for _ in range(self.config.num_hidden_layers)]
+
+  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
+               value_embeddings: bool = False) -> tuple[tuple[jax.Array, ...], jax.Array | None]:
+    """Returns (hidden_states, values): hidden_states[i] is the output of layer i (1-based), [0] the input;
+    values are the last layer's value embeddings when asked for (else None)."""
+    hidden_states, values = [x], None
+    for i, layer in enumerate(self.layers):
+      if value_embeddings and i == len(self.layers) - 1:
+        values = layer.value_embeddings(x)
+      x = layer(x, causal=causal, mask=mask)
+      hidden_states.append(x)
+    return tuple(hidden_states), values
+
+
+# ----------------------------------------------------------------------------------------------- vision tower
+
+
+class VisionOutput(NamedTuple):
+  """What the vision tower gives ZegOT. h, w is the patch grid of the input; D the projection width."""
+
+  image_embeds: jax.Array  # (B, D) CLS → post_layernorm → visual_projection (not normalized)
+  pooled: jax.Array  # (B, width) CLS → post_layernorm (transformers' pooler_output)
+  hidden_states: tuple[jax.Array, ...]  # L + 1 of (B, 1 + h*w, width); [0] after pre_layrnorm
+  patch_tokens: dict[int, jax.Array]  # layer → (B, h, w, width) raw patch tokens of the requested layers
+  dense_features: dict[int, jax.Array]  # layer → (B, h, w, D) patch tokens → post_layernorm → visual_projection
+  value_features: jax.Array | None  # (B, h, w, D) last block's value embeddings → post_layernorm → projection
+  value_embeddings: jax.Array | None  # (B, h, w, width) the raw value embeddings
+
+
+class VisionEmbeddings(nn.Module):
+  config: VisionConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, pixels: jax.Array) -> jax.Array:
+    c = self.config
+    patches = nn.Conv(c.hidden_size, (c.patch_size, c.patch_size), strides=c.patch_size, padding="VALID",
+                      use_bias=False, dtype=self.dtype, param_dtype=self.param_dtype,
+                      name="patch_embedding")(pixels)  # (B, h, w, width)
+    b, h, w, d = patches.shape
+    cls = self.param("class_embedding", nn.initializers.normal(d**-0.5), (d,), self.param_dtype)
+    gh, gw = c.grid
+    pos = nn.Embed(1 + gh * gw, d, param_dtype=self.param_dtype, name="position_embedding").embedding
+    pos = resize_position_embedding(pos, (gh, gw), (h, w), c.pos_resize_method)  # no-op on the stored grid
+    tokens = jnp.concatenate([jnp.broadcast_to(cls.astype(patches.dtype), (b, 1, d)),
+                              patches.reshape(b, h * w, d)], axis=1)
+    return tokens + pos.astype(patches.dtype)  # (B, 1 + h*w, width)
+
+
+class VisionTransformer(nn.Module):
+  """transformers' `CLIPVisionModel` plus `visual_projection`."""
+
+  config: VisionConfig
+  projection_dim: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embeddings = VisionEmbeddings(c, **kw)
+    self.pre_layrnorm = _layer_norm(c, **kw)  # sic: transformers' spelling
+    self.encoder = Encoder(c, **kw)
+    self.post_layernorm = _layer_norm(c, **kw)
+
+  def __call__(self, pixels: jax.Array, projection: nn.Module, *, feature_layers: Sequence[int] = (),
+               value_embeddings: bool = False) -> VisionOutput:
+    b, height, width, _ = pixels.shape
+    h, w = height // self.config.patch_size, width // self.config.patch_size
+    x = self.pre_layrnorm(self.embeddings(pixels.astype(self.dtype)))
+    hidden_states, values = self.encoder(x, value_embeddings=value_embeddings)
+    pooled = self.post_layernorm(hidden_states[-1][:, 0])
+
+    def grid(tokens):  # (B, 1 + h*w, C) → (B, h, w, C), the CLS token dropped
+      return tokens[:, 1:].reshape(b, h, w, tokens.shape[-1])
+
+    def to_joint_space(tokens):  # the frozen post_layernorm + visual_projection, applied per patch
+      return projection(self.post_layernorm(tokens))
+
+    for layer in feature_layers:
+      if not 1 <= layer <= self.config.num_hidden_layers:
+        raise ValueError(f"feature layer {layer} is outside 1..{self.config.num_hidden_layers} (1-based)")
+    patch_tokens = {i: grid(hidden_states[i]) for i in feature_layers}
+    return VisionOutput(
+        image_embeds=projection(pooled),
+        pooled=pooled,
+        hidden_states=hidden_states,
+        patch_tokens=patch_tokens,
+        dense_features={i: to_joint_space(t) for i, t in patch_tokens.items()},
+        value_features=None if values is None else to_joint_space(grid(values)),
+        value_embeddings=None if values is None else grid(values),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- text tower
+
+
+class TextOutput(NamedTuple):
+  text_embeds: jax.Array  # (..., D) pooled → text_projection (not normalized)
+  pooled: jax.Array  # (..., width) final_layer_norm at the EOS token (transformers' pooler_output)
+  last_hidden_state: jax.Array  # (..., T, width) after final_layer_norm
+  hidden_states: tuple[jax.Array, ...]  # L + 1 of (..., T, width); [0] the embeddings
+
+
+def eos_positions(input_ids: jax.Array, eos_token_id: int) -> jax.Array:
+  """The token transformers pools, per sequence: the first `eos_token_id`, or for legacy configs whose
+  eos_token_id is 2 (before transformers PR #24773) the highest id in the sequence."""
+  if eos_token_id == 2:
+    return jnp.argmax(input_ids, axis=-1)
+  return jnp.argmax(input_ids == eos_token_id, axis=-1)
+
+
+class TextEmbeddings(nn.Module):
+  """Token and position tables (transformers' `CLIPTextEmbeddings`)."""
+
+  config: TextConfig
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    c = self.config
+    self.token_embedding = nn.Embed(c.vocab_size, c.hidden_size, param_dtype=self.param_dtype)
+    self.position_embedding = nn.Embed(c.max_position_embeddings, c.hidden_size, param_dtype=self.param_dtype)
+
+  def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+    return self.token_embedding(input_ids)
+
+  def __call__(self, inputs_embeds: jax.Array) -> jax.Array:
+    """Adds the position embeddings of positions 0..T-1 to (..., T, width) token embeddings."""
+    return inputs_embeds + self.position_embedding.embedding[:inputs_embeds.shape[-2]]
+
+
+class TextTransformer(nn.Module):
+  """transformers' `CLIPTextModel` plus `text_projection`, causal, any length up to max_position_embeddings."""
+
+  config: TextConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.embeddings = TextEmbeddings(c, param_dtype=self.param_dtype)
+    self.encoder = Encoder(c, **kw)
+    self.final_layer_norm = _layer_norm(c, **kw)
+
+  def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
+    return self.embeddings.embed_tokens(input_ids)
+
+  def __call__(self, input_ids: jax.Array, projection: nn.Module, *, inputs_embeds: jax.Array | None = None,
+               attention_mask: jax.Array | None = None) -> TextOutput:
+    """input_ids (..., T) give the pooling position; inputs_embeds (..., T, width), when given, replace the
+    token embeddings (CoOp contexts). attention_mask (..., T) masks padding keys as transformers does."""
+    batch_shape, t = input_ids.shape[:-1], input_ids.shape[-1]
+    if t > self.config.max_position_embeddings:
+      raise ValueError(f"text length {t} exceeds max_position_embeddings={self.config.max_position_embeddings}")
+    if inputs_embeds is None:
+      inputs_embeds = self.embed_tokens(input_ids)
+    x = self.embeddings(inputs_embeds)
+    x = x.reshape(-1, t, x.shape[-1]).astype(self.dtype)  # (B, T, width)
+    mask = None
+    if attention_mask is not None:
+      mask = attention_mask.reshape(-1, 1, 1, t).astype(bool)  # (B, heads=1, q=1, k=T)
+    hidden_states, _ = self.encoder(x, causal=True, mask=mask)
+    last = self.final_layer_norm(hidden_states[-1])
+    eos = eos_positions(input_ids.reshape(-1, t), self.config.eos_token_id)
+    pooled = jnp.take_along_axis(last, eos[:, None, None], axis=1)[:, 0]  # (B, width)
+
+    def unflatten(a):
+      return a.reshape(*batch_shape, *a.shape[1:])
+
+    return TextOutput(text_embeds=unflatten(projection(pooled)), pooled=unflatten(pooled),
+                      last_hidden_state=unflatten(last), hidden_states=tuple(map(unflatten, hidden_states)))
+
+
+# ----------------------------------------------------------------------------------------------- CLIP
+
+
+class CLIP(nn.Module):
+  """Both towers and their projections. Call `encode_image` / `encode_text` / `encode_prompts` with `apply`."""
+
+  config: CLIPConfig
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  def setup(self):
+    c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.vision_model = VisionTransformer(c.vision, c.projection_dim, **kw)
+    self.text_model = TextTransformer(c.text, **kw)
+    self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, **kw)
+    self.text_projection = nn.Dense(c.projection_dim, use_bias=False, **kw)
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(2.6592), (), self.param_dtype)
+
+  def __call__(self, pixels: jax.Array, input_ids: jax.Array) -> tuple[VisionOutput, TextOutput]:
+    return self.encode_image(pixels), self.encode_text(input_ids)
+
+  def encode_image(self, pixels: jax.Array, *, feature_layers: Sequence[int] = (),
+                   value_embeddings: bool = False) -> VisionOutput:
+    """pixels (B, H, W, C), CLIP-normalized (see `normalize_image`); any H, W (position embedding resized)."""
+    return self.vision_model(pixels, self.visual_projection, feature_layers=tuple(feature_layers),
+                             value_embeddings=value_embeddings)
+
+  def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> TextOutput:
+    """input_ids (..., T) → text embeddings (..., D)."""
+    return self.text_model(input_ids, self.text_projection, attention_mask=attention_mask)
+
+  def encode_prompts(self, input_ids: jax.Array, context: jax.Array, context_start: int = 1) -> TextOutput:
+    """CoOp prompts: every class's token ids, with the tokens at [context_start, context_start + C) replaced by
+    each of N learnable contexts.
+
+    input_ids: (K, T) `[SOS] X×C <class name> . [EOS] pad…` (see `prompts.prompt_token_ids`).
+    context:   (N, C, width) learnable context vectors, shared by all classes.
+    Returns text embeddings (K, N, D).
+    """
+    k, t = input_ids.shape
+    n, c, _ = context.shape
+    end = context_start + c
+    if end > t:
+      raise ValueError(f"{c} context tokens from position {context_start} do not fit in length {t}")
+    embeds = self.text_model.embed_tokens(input_ids)  # (K, T, width)
+    embeds = jnp.broadcast_to(embeds[:, None], (k, n, t, embeds.shape[-1]))
+    ctx = jnp.broadcast_to(context[None].astype(embeds.dtype), (k, n, c, context.shape[-1]))
+    embeds = jnp.concatenate([embeds[:, :, :context_start], ctx, embeds[:, :, end:]], axis=2)  # (K, N, T, width)
+    ids = jnp.broadcast_to(input_ids[:, None], (k, n, t))
+    return self.text_model(ids, self.text_projection, inputs_embeds=embeds)
+
+  def token_embeddings(self, input_ids: jax.Array) -> jax.Array:
+    """(…, T) ids → (…, T, width) rows of the token embedding table (to initialize contexts from words)."""
+    return self.text_model.embed_tokens(input_ids)
+
+
+# OpenAI's CLIP preprocessing statistics (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def normalize_image(images: jax.Array, mean: Sequence[float] = CLIP_MEAN,
+                    std: Sequence[float] = CLIP_STD) -> jax.Array:
+  """uint8 (…, H, W, 3) in [0, 255] or float in [0, 1] → CLIP-normalized float32."""
+  x = images.astype(jnp.float32)
+  if images.dtype == jnp.uint8:
+    x = x / 255.0
+  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)

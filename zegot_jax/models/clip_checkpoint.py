@@ -1,0 +1,344 @@
+"""Loading any transformers CLIP checkpoint into the Flax CLIP, and saving one back.
+
+A checkpoint is a directory with `config.json` and weights (`model.safetensors`, a sharded
+`model.safetensors.index.json`, or `pytorch_model.bin` when torch is installed), or a Hugging Face hub id that
+is in the local cache or can be downloaded. transformers parses the config; no torch is needed for safetensors.
+
+State-dict keys map to Flax paths by a fixed rule: `.layers.N.` → `layers_N`, and a module's `weight` becomes
+`kernel` (Linear: transposed; Conv: OIHW → HWIO), `scale` (LayerNorm) or `embedding` (Embedding), whichever the
+Flax module has. Every key, shape and missing entry is checked against the config before anything is used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from zegot_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
+from zegot_jax.models.pos_embed import Method, resize_position_embedding
+
+SAFETENSORS = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_BIN = "pytorch_model.bin"
+TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
+# Files a ZegOT run needs from a hub repository (weights in either format, the tokenizer and preprocessing).
+HUB_FILES = ("config.json", "*.safetensors", SAFETENSORS_INDEX, "tokenizer*.json", "vocab.json", "merges.txt",
+             "special_tokens_map.json", "preprocessor_config.json")
+# Buffers some transformers versions saved; they are not parameters.
+_IGNORED_KEYS = re.compile(r"(text_model|vision_model)\.embeddings\.position_ids$")
+POS_EMBED_PATH = ("vision_model", "embeddings", "position_embedding", "embedding")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that cannot be used: missing, malformed, or not matching its config."""
+
+
+class LoadedCLIP(NamedTuple):
+  model: CLIP
+  params: dict[str, Any]  # the Flax parameter pytree (without the "params" collection wrapper)
+  config: CLIPConfig
+  path: pathlib.Path  # the resolved local directory
+
+
+# ----------------------------------------------------------------------------------------------- locating files
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike, *, offline: bool | None = None) -> pathlib.Path:
+  """A local directory for a checkpoint directory or a hub id (cache first, then download unless offline)."""
+  path = pathlib.Path(name_or_path).expanduser()
+  if path.is_dir():
+    return path
+  name = str(name_or_path)
+  looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or path.exists()
+  if looks_like_path:
+    raise CheckpointError(f"CLIP checkpoint directory {name!r} does not exist (or is not a directory). "
+                          f"It must hold config.json and {SAFETENSORS} (as written by save_pretrained).")
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+
+  if offline is None:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+  errors = []
+  for local_only in ((True,) if offline else (True, False)):
+    try:
+      return pathlib.Path(huggingface_hub.snapshot_download(name, allow_patterns=list(HUB_FILES),
+                                                            local_files_only=local_only))
+    except Exception as e:  # pylint: disable=broad-except  (hub raises many types; all mean "not available")
+      errors.append(f"{'cache' if local_only else 'download'}: {type(e).__name__}: {e}".splitlines()[0])
+  raise CheckpointError(
+      f"Could not find CLIP checkpoint {name!r}: it is not a local directory, not in the Hugging Face cache"
+      f"{'' if offline else ', and downloading it failed'} ({'; '.join(errors)}).\n"
+      f"On a machine with internet, download it with\n"
+      f"    hf download {name} config.json {SAFETENSORS} tokenizer.json tokenizer_config.json vocab.json "
+      f"merges.txt special_tokens_map.json preprocessor_config.json --local-dir <DIR>\n"
+      f"then copy <DIR> here and pass its path instead of the hub id (or set HF_HOME to a copied cache).")
+
+
+def _weight_files(directory: pathlib.Path) -> tuple[str, list[pathlib.Path]]:
+  """('safetensors' | 'torch', files) for the weights in `directory`."""
+  for index_name, fmt in ((SAFETENSORS_INDEX, "safetensors"), (TORCH_BIN_INDEX, "torch")):
+    index = directory / index_name
+    if index.is_file():
+      try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+      except (json.JSONDecodeError, KeyError) as e:
+        raise CheckpointError(f"{index}: not a valid shard index ({e})") from e
+      missing = [s for s in shards if not (directory / s).is_file()]
+      if missing:
+        raise CheckpointError(f"{index} names shards that are not in {directory}: {missing}")
+      return fmt, [directory / s for s in shards]
+  if (directory / SAFETENSORS).is_file():
+    return "safetensors", [directory / SAFETENSORS]
+  if (directory / TORCH_BIN).is_file():
+    return "torch", [directory / TORCH_BIN]
+  raise CheckpointError(f"{directory} holds no CLIP weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or "
+                        f"{TORCH_BIN}; found {sorted(p.name for p in directory.iterdir())}")
+
+
+def read_state_dict(directory: pathlib.Path) -> dict[str, np.ndarray]:
+  """All tensors of the checkpoint as float32 numpy arrays, keyed by state-dict name."""
+  fmt, files = _weight_files(directory)
+  state: dict[str, np.ndarray] = {}
+  for f in files:
+    if fmt == "safetensors":
+      from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+
+      try:
+        with safe_open(f, framework="flax") as reader:  # the flax backend reads bfloat16 too
+          for key in reader.keys():
+            state[key] = np.asarray(reader.get_tensor(key), dtype=np.float32)
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(f"{f}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    else:
+      try:
+        import torch  # pylint: disable=g-import-not-at-top
+      except ImportError as e:
+        raise CheckpointError(
+            f"{f} is a PyTorch pickle and torch is not installed. Install torch, or convert the checkpoint "
+            f"to safetensors once (transformers: CLIPModel.from_pretrained(dir).save_pretrained(dir)).") from e
+      try:
+        tensors = torch.load(f, map_location="cpu", weights_only=True)
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(f"{f}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+      state.update({k: v.float().numpy() for k, v in tensors.items()})
+  return state
+
+
+# ----------------------------------------------------------------------------------------------- configs
+
+
+def read_hf_config(directory: pathlib.Path):
+  """transformers' `CLIPConfig` of a checkpoint directory, after checking that it is a CLIP config."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  config_file = directory / "config.json"
+  if not config_file.is_file():
+    raise CheckpointError(f"{directory} has no config.json (a transformers CLIP checkpoint directory needs one)")
+  try:
+    raw = json.loads(config_file.read_text())
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f"{config_file}: not valid JSON ({e})") from e
+  model_type = raw.get("model_type")
+  if model_type != "clip":
+    raise CheckpointError(
+        f"{config_file}: model_type is {model_type!r}, expected 'clip' (a transformers CLIPModel checkpoint with "
+        f"both towers; vision-only or text-only CLIP and other architectures are not supported)")
+  return transformers.CLIPConfig.from_dict(raw)
+
+
+def config_from_hf(hf_config, *, pos_grid: tuple[int, int] | None = None,
+                   pos_resize_method: Method = "bicubic") -> CLIPConfig:
+  """Our `CLIPConfig` from transformers' `CLIPConfig`."""
+
+  def tower(c):
+    return dict(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps)
+
+  v, t = hf_config.vision_config, hf_config.text_config
+  try:
+    return CLIPConfig(
+        vision=VisionConfig(**tower(v), image_size=v.image_size, patch_size=v.patch_size,
+                            num_channels=v.num_channels, pos_grid=pos_grid, pos_resize_method=pos_resize_method),
+        text=TextConfig(**tower(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
+                        eos_token_id=t.eos_token_id),
+        projection_dim=hf_config.projection_dim)
+  except ValueError as e:
+    raise CheckpointError(f"unsupported CLIP config: {e}") from e
+
+
+def config_to_hf(config: CLIPConfig):
+  """transformers' `CLIPConfig` for our config (square position grids only, as transformers requires)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  v, t = config.vision, config.text
+  gh, gw = v.grid
+  if gh != gw:
+    raise CheckpointError(f"transformers CLIP configs need a square position grid; this model's is {v.grid}")
+
+  def tower(c):
+    return dict(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
+                hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps)
+
+  return transformers.CLIPConfig(
+      vision_config=dict(**tower(v), image_size=gh * v.patch_size, patch_size=v.patch_size,
+                         num_channels=v.num_channels),
+      text_config=dict(**tower(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
+                       eos_token_id=t.eos_token_id, bos_token_id=max(t.eos_token_id - 1, 0)),
+      projection_dim=config.projection_dim)
+
+
+# ----------------------------------------------------------------------------------------------- key mapping
+
+
+def _flax_path(key: str, expected: Mapping[tuple[str, ...], Any]) -> tuple[str, ...] | None:
+  parts = re.sub(r"\.layers\.(\d+)\.", r".layers_\1.", key).split(".")
+  if parts[-1] != "weight":
+    return tuple(parts)
+  for leaf in ("kernel", "scale", "embedding"):
+    if (*parts[:-1], leaf) in expected:
+      return (*parts[:-1], leaf)
+  return None
+
+
+def _to_flax_layout(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
+  if path[-1] == "kernel" and array.ndim == 2:  # Linear (out, in) → Dense (in, out)
+    return array.T
+  if path[-1] == "kernel" and array.ndim == 4:  # Conv OIHW → HWIO
+    return array.transpose(2, 3, 1, 0)
+  return array
+
+
+def _to_torch_layout(path: tuple[str, ...], array: np.ndarray) -> np.ndarray:
+  if path[-1] == "kernel" and array.ndim == 2:
+    return array.T
+  if path[-1] == "kernel" and array.ndim == 4:  # HWIO → OIHW
+    return array.transpose(3, 2, 0, 1)
+  return array
+
+
+def _flatten(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+  flat = {}
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      flat.update(_flatten(v, (*prefix, k)))
+    else:
+      flat[(*prefix, k)] = v
+  return flat
+
+
+def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
+  tree: dict[str, Any] = {}
+  for path, v in flat.items():
+    node = tree
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return tree
+
+
+def abstract_params(config: CLIPConfig) -> dict[str, Any]:
+  """The parameter tree of `CLIP(config)` as ShapeDtypeStructs (nothing allocated)."""
+  v = config.vision
+  gh, gw = v.grid
+  pixels = jax.ShapeDtypeStruct((1, gh * v.patch_size, gw * v.patch_size, v.num_channels), jnp.float32)
+  ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
+  return jax.eval_shape(CLIP(config).init, jax.random.key(0), pixels, ids)["params"]
+
+
+def params_from_state_dict(state: Mapping[str, np.ndarray], config: CLIPConfig,
+                           source: str = "checkpoint") -> dict[str, Any]:
+  """Flax params from a transformers state dict; every mismatch is reported with its key and shapes."""
+  expected = _flatten(abstract_params(config))
+  flat, unexpected, mismatched = {}, [], []
+  for key, array in state.items():
+    if _IGNORED_KEYS.match(key):
+      continue
+    path = _flax_path(key, expected)
+    if path is None or path not in expected:
+      unexpected.append(key)
+      continue
+    array = _to_flax_layout(path, np.asarray(array))
+    if array.shape != tuple(expected[path].shape):
+      torch_shape = tuple(_to_torch_layout(path, np.zeros(expected[path].shape, np.int8)).shape)
+      mismatched.append(f"{key}: checkpoint has {tuple(state[key].shape)}, config expects {torch_shape}")
+      continue
+    flat[path] = array
+  missing = [".".join(p).replace("layers_", "layers.") for p in expected if p not in flat]
+  problems = []
+  if mismatched:
+    problems.append(f"{len(mismatched)} tensors do not match the config's shapes:\n  " + "\n  ".join(mismatched[:20]))
+  if missing:
+    problems.append(f"{len(missing)} parameters missing from the checkpoint, e.g. {missing[:10]}")
+  if unexpected:
+    problems.append(f"{len(unexpected)} unexpected tensors, e.g. {sorted(unexpected)[:10]}")
+  if problems:
+    raise CheckpointError(f"{source} does not match its CLIP config:\n" + "\n".join(problems))
+  return _unflatten(flat)
+
+
+def state_dict_from_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """The transformers state dict of Flax params (inverse of `params_from_state_dict`)."""
+  state = {}
+  for path, leaf in _flatten(params).items():
+    name = list(path)
+    if name[-1] in ("kernel", "scale", "embedding"):
+      name[-1] = "weight"
+    key = ".".join(name).replace(".layers_", ".layers.")
+    state[key] = np.ascontiguousarray(_to_torch_layout(path, np.asarray(leaf, dtype=np.float32)))
+  return state
+
+
+# ----------------------------------------------------------------------------------------------- public API
+
+
+def _grid_for(image_size: int | tuple[int, int], patch_size: int) -> tuple[int, int]:
+  h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+  if h % patch_size or w % patch_size:
+    raise CheckpointError(f"image_size {(h, w)} is not a multiple of the patch size {patch_size}")
+  return h // patch_size, w // patch_size
+
+
+def from_pretrained(name_or_path: str | os.PathLike, *, image_size: int | tuple[int, int] | None = None,
+                    dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
+                    pos_resize_method: Method = "bicubic", offline: bool | None = None) -> LoadedCLIP:
+  """Loads a transformers CLIP checkpoint (local directory or hub id) as a Flax `CLIP` and its params.
+
+  image_size: when given (int or (H, W)), the position embedding is resized once, here, to that input's patch
+    grid; inputs of other sizes are still accepted and resized on the fly.
+  dtype: compute dtype (float32 or bfloat16); param_dtype: dtype the params are stored in.
+  """
+  directory = resolve_checkpoint_dir(name_or_path, offline=offline)
+  hf_config = read_hf_config(directory)
+  config = config_from_hf(hf_config, pos_resize_method=pos_resize_method)
+  params = params_from_state_dict(read_state_dict(directory), config, source=str(directory))
+  if image_size is not None:
+    grid = _grid_for(image_size, config.vision.patch_size)
+    if grid != config.vision.grid:
+      pos = params["vision_model"]["embeddings"]["position_embedding"]
+      pos["embedding"] = resize_position_embedding(pos["embedding"], config.vision.grid, grid, pos_resize_method)
+      config = config_from_hf(hf_config, pos_grid=grid, pos_resize_method=pos_resize_method)
+  params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=param_dtype), params)
+  return LoadedCLIP(CLIP(config, dtype=dtype, param_dtype=param_dtype), params, config, directory)
+
+
+def save_pretrained(params: Mapping[str, Any], config: CLIPConfig, directory: str | os.PathLike) -> pathlib.Path:
+  """Writes `config.json` and `model.safetensors` that transformers' `CLIPModel.from_pretrained` loads."""
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+
+  params_from_state_dict(state_dict_from_params(params), config, source="params to save")  # same checks
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  config_to_hf(config).save_pretrained(directory)
+  tmp = directory / (SAFETENSORS + ".tmp")
+  save_file(state_dict_from_params(params), str(tmp), metadata={"format": "pt"})
+  os.replace(tmp, directory / SAFETENSORS)  # never leave a half-written weights file under the real name
+  return directory
