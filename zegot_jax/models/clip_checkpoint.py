@@ -68,16 +68,19 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, *, offline: bool | N
   errors = []
   for local_only in ((True,) if offline else (True, False)):
     try:
-      return pathlib.Path(huggingface_hub.snapshot_download(name, allow_patterns=list(HUB_FILES),
-                                                            local_files_only=local_only))
+      directory = pathlib.Path(huggingface_hub.snapshot_download(name, allow_patterns=list(HUB_FILES),
+                                                                 local_files_only=local_only))
+      if not list(directory.glob("*.safetensors")):  # an older repository with PyTorch pickles only
+        directory = pathlib.Path(huggingface_hub.snapshot_download(
+            name, allow_patterns=[TORCH_BIN, TORCH_BIN_INDEX, "pytorch_model-*.bin"], local_files_only=local_only))
+      return directory
     except Exception as e:  # pylint: disable=broad-except  (hub raises many types; all mean "not available")
       errors.append(f"{'cache' if local_only else 'download'}: {type(e).__name__}: {e}".splitlines()[0])
   raise CheckpointError(
       f"Could not find CLIP checkpoint {name!r}: it is not a local directory, not in the Hugging Face cache"
       f"{'' if offline else ', and downloading it failed'} ({'; '.join(errors)}).\n"
       f"On a machine with internet, download it with\n"
-      f"    hf download {name} config.json {SAFETENSORS} tokenizer.json tokenizer_config.json vocab.json "
-      f"merges.txt special_tokens_map.json preprocessor_config.json --local-dir <DIR>\n"
+      f"    hf download {name} --include '*.json' '*.safetensors' '*.txt' --local-dir <DIR>\n"
       f"then copy <DIR> here and pass its path instead of the hub id (or set HF_HOME to a copied cache).")
 
 
@@ -293,7 +296,7 @@ def state_dict_from_params(params: Mapping[str, Any]) -> dict[str, np.ndarray]:
     if name[-1] in ("kernel", "scale", "embedding"):
       name[-1] = "weight"
     key = ".".join(name).replace(".layers_", ".layers.")
-    state[key] = np.ascontiguousarray(_to_torch_layout(path, np.asarray(leaf, dtype=np.float32)))
+    state[key] = _to_torch_layout(path, np.asarray(leaf, dtype=np.float32)).copy(order="C")
   return state
 
 

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny random CLIP checkpoints written by transformers itself, and a tokenizer for them."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+# Full float32 matmuls on every backend: parity is checked to 1e-5 relative error.
+jax.config.update("jax_default_matmul_precision", "highest")
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from zegot_jax.models import prompts  # noqa: E402
+
+# The byte-level tokenizer's special ids (prompts.byte_level_tokenizer).
+SOS, EOS = 512, 513
+
+
+def tiny_hf_config(hidden_act="quick_gelu", eos_token_id=EOS, layer_norm_eps=1e-5, image_size=32, **overrides):
+  """A CLIPConfig small enough for CPU tests, with different widths per tower so that mix-ups fail."""
+  text = dict(vocab_size=520, hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=4,
+              max_position_embeddings=77, hidden_act=hidden_act, layer_norm_eps=layer_norm_eps,
+              eos_token_id=eos_token_id, bos_token_id=SOS, pad_token_id=EOS)
+  vision = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                image_size=image_size, patch_size=8, hidden_act=hidden_act, layer_norm_eps=layer_norm_eps)
+  text.update(overrides.pop("text", {}))
+  vision.update(overrides.pop("vision", {}))
+  return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16, **overrides)
+
+
+def random_hf_clip(config, seed=0):
+  """transformers' CLIPModel with every parameter perturbed, so that biases and layer norms matter."""
+  torch.manual_seed(seed)
+  model = transformers.CLIPModel(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  return model
+
+
+def save_checkpoint(model, directory: pathlib.Path) -> pathlib.Path:
+  model.save_pretrained(directory)
+  prompts.byte_level_tokenizer().save_pretrained(directory)
+  return directory
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(tmp_path_factory):
+  """make_checkpoint(name, **config_kwargs) → (directory, torch model); cached per name for the session."""
+  cache = {}
+
+  def make(name="quick_gelu", seed=0, **kwargs):
+    if name not in cache:
+      model = random_hf_clip(tiny_hf_config(**kwargs), seed)
+      cache[name] = (save_checkpoint(model, tmp_path_factory.mktemp(name)), model)
+    return cache[name]
+
+  return make
+
+
+def relative_error(ours, reference) -> float:
+  """‖ours − reference‖ / ‖reference‖ over the whole tensor, in float64."""
+  ours = np.asarray(ours, dtype=np.float64)
+  reference = np.asarray(reference.detach().numpy() if hasattr(reference, "detach") else reference, np.float64)
+  assert ours.shape == reference.shape, (ours.shape, reference.shape)
+  return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
+
+
+def random_token_ids(rng: np.random.Generator, batch: int, length: int, eos: int = EOS) -> np.ndarray:
+  """[SOS] random symbols [EOS] padding…, each row with its EOS at a different position."""
+  ids = rng.integers(0, 512, size=(batch, length))
+  ids[:, 0] = SOS
+  for i in range(batch):
+    end = rng.integers(2, length)
+    ids[i, end:] = eos
+  return ids
