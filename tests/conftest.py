@@ -1,7 +1,5 @@
 """Shared fixtures: tiny random CLIP checkpoints written by transformers itself, and a tokenizer for them."""
 
-import pathlib
-
 import jax
 import numpy as np
 import pytest
@@ -9,10 +7,9 @@ import pytest
 # Full float32 matmuls on every backend: parity is checked to 1e-5 relative error.
 jax.config.update("jax_default_matmul_precision", "highest")
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import transformers  # noqa: E402  (the parity reference; torch comes with the `test` extra: no silent skip)
 
-from zegot_jax.models import prompts  # noqa: E402
+from zegot_jax.tools.clip_parity import random_torch_clip, save_with_tokenizer  # noqa: E402
 
 # The byte-level tokenizer's special ids (prompts.byte_level_tokenizer).
 SOS, EOS = 512, 513
@@ -30,22 +27,6 @@ def tiny_hf_config(hidden_act="quick_gelu", eos_token_id=EOS, layer_norm_eps=1e-
   return transformers.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16, **overrides)
 
 
-def random_hf_clip(config, seed=0):
-  """transformers' CLIPModel with every parameter perturbed, so that biases and layer norms matter."""
-  torch.manual_seed(seed)
-  model = transformers.CLIPModel(config).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  return model
-
-
-def save_checkpoint(model, directory: pathlib.Path) -> pathlib.Path:
-  model.save_pretrained(directory)
-  prompts.byte_level_tokenizer().save_pretrained(directory)
-  return directory
-
-
 @pytest.fixture(scope="session")
 def make_checkpoint(tmp_path_factory):
   """make_checkpoint(name, **config_kwargs) → (directory, torch model); cached per name for the session."""
@@ -53,19 +34,11 @@ def make_checkpoint(tmp_path_factory):
 
   def make(name="quick_gelu", seed=0, **kwargs):
     if name not in cache:
-      model = random_hf_clip(tiny_hf_config(**kwargs), seed)
-      cache[name] = (save_checkpoint(model, tmp_path_factory.mktemp(name)), model)
+      model = random_torch_clip(tiny_hf_config(**kwargs), seed)
+      cache[name] = (save_with_tokenizer(model, tmp_path_factory.mktemp(name)), model)
     return cache[name]
 
   return make
-
-
-def relative_error(ours, reference) -> float:
-  """‖ours − reference‖ / ‖reference‖ over the whole tensor, in float64."""
-  ours = np.asarray(ours, dtype=np.float64)
-  reference = np.asarray(reference.detach().numpy() if hasattr(reference, "detach") else reference, np.float64)
-  assert ours.shape == reference.shape, (ours.shape, reference.shape)
-  return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
 
 
 def random_token_ids(rng: np.random.Generator, batch: int, length: int, eos: int = EOS) -> np.ndarray:

@@ -156,21 +156,24 @@ def read_hf_config(directory: pathlib.Path):
   return transformers.CLIPConfig.from_dict(raw)
 
 
+_TOWER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
+                 "layer_norm_eps")  # the same names in transformers' tower configs and our TowerConfig
+
+
+def _tower(c) -> dict[str, Any]:
+  return {f: getattr(c, f) for f in _TOWER_FIELDS}
+
+
 def config_from_hf(hf_config, *, pos_grid: tuple[int, int] | None = None,
                    pos_resize_method: Method = "bicubic") -> CLIPConfig:
   """Our `CLIPConfig` from transformers' `CLIPConfig`."""
 
-  def tower(c):
-    return dict(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-                hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps)
-
   v, t = hf_config.vision_config, hf_config.text_config
   try:
     return CLIPConfig(
-        vision=VisionConfig(**tower(v), image_size=v.image_size, patch_size=v.patch_size,
+        vision=VisionConfig(**_tower(v), image_size=v.image_size, patch_size=v.patch_size,
                             num_channels=v.num_channels, pos_grid=pos_grid, pos_resize_method=pos_resize_method),
-        text=TextConfig(**tower(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
+        text=TextConfig(**_tower(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
                         eos_token_id=t.eos_token_id),
         projection_dim=hf_config.projection_dim)
   except ValueError as e:
@@ -186,15 +189,10 @@ def config_to_hf(config: CLIPConfig):
   if gh != gw:
     raise CheckpointError(f"transformers CLIP configs need a square position grid; this model's is {v.grid}")
 
-  def tower(c):
-    return dict(hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-                num_hidden_layers=c.num_hidden_layers, num_attention_heads=c.num_attention_heads,
-                hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps)
-
   return transformers.CLIPConfig(
-      vision_config=dict(**tower(v), image_size=gh * v.patch_size, patch_size=v.patch_size,
+      vision_config=dict(**_tower(v), image_size=gh * v.patch_size, patch_size=v.patch_size,
                          num_channels=v.num_channels),
-      text_config=dict(**tower(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
+      text_config=dict(**_tower(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
                        eos_token_id=t.eos_token_id, bos_token_id=max(t.eos_token_id - 1, 0)),
       projection_dim=config.projection_dim)
 

@@ -129,7 +129,6 @@ def compare_checkpoint(directory, image_size: tuple[int, int], dtype=jnp.float32
 
 def _tiny_checkpoints(root: pathlib.Path) -> dict[str, pathlib.Path]:
   """Tiny random transformers CLIP checkpoints for the default run (both activations, legacy eos id)."""
-  import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
   tokenizer = prompts.byte_level_tokenizer()
@@ -142,15 +141,30 @@ def _tiny_checkpoints(root: pathlib.Path) -> dict[str, pathlib.Path]:
         vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
                            image_size=64, patch_size=16, hidden_act=act),
         projection_dim=32)
-    torch.manual_seed(0)
-    model = transformers.CLIPModel(config).eval()
-    with torch.no_grad():
-      for p in model.parameters():
-        p.add_(0.1 * torch.randn_like(p))
     out[name] = root / name
-    model.save_pretrained(out[name])
-    tokenizer.save_pretrained(out[name])
+    save_with_tokenizer(random_torch_clip(config), out[name])
   return out
+
+
+def random_torch_clip(config, seed: int = 0, scale: float = 0.1):
+  """transformers' CLIPModel with every parameter perturbed by N(0, scale²), so that biases and layer norms
+  (initialized to 0 and 1) matter in a comparison."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  torch.manual_seed(seed)
+  model = transformers.CLIPModel(config).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(scale * torch.randn_like(p))
+  return model
+
+
+def save_with_tokenizer(torch_model, directory: pathlib.Path) -> pathlib.Path:
+  """A transformers checkpoint directory with the byte-level tokenizer (`prompts.byte_level_tokenizer`)."""
+  torch_model.save_pretrained(directory)
+  prompts.byte_level_tokenizer().save_pretrained(directory)
+  return directory
 
 
 _MODEL = flags.DEFINE_string("model", None, "checkpoint directory or hub id; default: tiny random checkpoints")
