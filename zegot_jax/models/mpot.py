@@ -1,0 +1,99 @@
+"""Multi-prompt optimal transport (MPOT, eq. 7 and Algorithm 1) and the matchings it is compared with.
+
+Every (layer, image, class) score map S (M = h·w pixels × N prompts) is its own transport problem with cost
+C = 1 − S and uniform marginals μ = 1/M, ν = 1/N. All problems are solved in one batched (vmapped) ott-jax
+Sinkhorn in float32, log domain, ε = 0.05 absolute, at most 100 iterations.
+
+Differentiation is unrolled (`implicit_diff=None`) with `min_iterations < max_iterations`: ott-jax 0.6.0's
+implicit differentiation gives NaN in float32 here, and with `min_iterations == max_iterations` its unrolled
+backward pass starts from iteration 0 and the gradients are wrong (DESIGN.md; tests/models/test_mpot.py checks
+the gradients against an independent unrolled Sinkhorn and finite differences).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from ott.geometry import geometry
+from ott.problems.linear import linear_problem
+from ott.solvers.linear import sinkhorn
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkhornConfig:
+  epsilon: float = 0.05  # absolute entropic regularization (ott's epsilon=None would mean 0.05·std(cost))
+  max_iterations: int = 100
+  min_iterations: int = 10  # must stay below max_iterations (see the module docstring)
+  inner_iterations: int = 10  # iterations between two convergence checks
+  threshold: float = 1e-3  # L1 error of the prompt marginal at which a problem stops
+
+  def __post_init__(self):
+    if not 0 <= self.min_iterations < self.max_iterations:
+      raise ValueError(f"Sinkhorn needs 0 <= min_iterations < max_iterations for correct unrolled gradients "
+                       f"(ott-jax 0.6.0), got min_iterations={self.min_iterations}, "
+                       f"max_iterations={self.max_iterations}")
+    if self.max_iterations % self.inner_iterations or self.min_iterations % self.inner_iterations:
+      raise ValueError(f"min_iterations ({self.min_iterations}) and max_iterations ({self.max_iterations}) must be "
+                       f"multiples of inner_iterations ({self.inner_iterations})")
+    if not self.epsilon > 0:
+      raise ValueError(f"Sinkhorn epsilon must be > 0, got {self.epsilon}")
+
+
+class Transport(NamedTuple):
+  plan: jax.Array  # (P, M, N) transport plans, rows sum to 1/M, columns to 1/N
+  iterations: jax.Array  # (P,) Sinkhorn iterations each problem took
+
+
+def sinkhorn_plans(cost: jax.Array, config: SinkhornConfig = SinkhornConfig()) -> Transport:
+  """Entropic OT plans (Algorithm 1) of a batch of cost matrices (P, M, N), uniform marginals, in float32."""
+  cost = cost.astype(jnp.float32)
+  solver = sinkhorn.Sinkhorn(lse_mode=True, threshold=config.threshold, inner_iterations=config.inner_iterations,
+                             min_iterations=config.min_iterations, max_iterations=config.max_iterations,
+                             implicit_diff=None)
+
+  def solve(c):  # (M, N)
+    geom = geometry.Geometry(cost_matrix=c, epsilon=config.epsilon)
+    out = solver(linear_problem.LinearProblem(geom))  # uniform a = 1/M, b = 1/N by default
+    return out.matrix, out.n_iters
+
+  plan, iterations = jax.vmap(solve)(cost)
+  return Transport(plan, iterations)
+
+
+def _problems(scores: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+  """(..., h, w, K, N) score maps → (P, M = h·w, N) problems, one per leading index and class."""
+  *lead, h, w, k, n = scores.shape
+  s = jnp.moveaxis(scores, -2, -4)  # (..., K, h, w, N)
+  return s.reshape(-1, h * w, n), (*lead, k, h, w, n)
+
+
+def _maps(problems: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+  return jnp.moveaxis(problems.reshape(shape), -4, -2)  # (..., h, w, K, N)
+
+
+def mpot_refine(scores: jax.Array, config: SinkhornConfig = SinkhornConfig()) -> tuple[jax.Array, Transport]:
+  """S*_i = (M·N) · T*_i ⊙ S_i (eq. 7) for score maps (..., h, w, K, N); one transport problem per map and class.
+
+  The M·N factor rescales each plan to mean 1 (DESIGN.md; the paper's eq. 7 omits it, which would shrink the
+  scores by M·N). Returns the refined maps, float32, and the plans in the same (..., h, w, K, N) layout.
+  """
+  s, shape = _problems(scores.astype(jnp.float32))  # (P, M, N)
+  m, n = s.shape[-2:]
+  transport = sinkhorn_plans(1.0 - s, config)  # cost C = 1 − S (section 4.2 b)
+  refined = (m * n) * transport.plan * s
+  return _maps(refined, shape), Transport(_maps(transport.plan, shape), transport.iterations)
+
+
+def bipartite_refine(scores: jax.Array, config: SinkhornConfig = SinkhornConfig()) -> tuple[jax.Array, Transport]:
+  """Table 4b's bipartite matching: each pixel is assigned to exactly one prompt (one-to-one instead of MPOT's
+  one-to-many), the prompt its transport plan favours, with the same row mass 1/M. The assignment is a
+  constant for differentiation; gradients flow through the scores."""
+  s, shape = _problems(scores.astype(jnp.float32))
+  m, n = s.shape[-2:]
+  transport = sinkhorn_plans(1.0 - s, config)
+  assignment = jax.nn.one_hot(jnp.argmax(transport.plan, axis=-1), n, dtype=jnp.float32) / m  # (P, M, N)
+  assignment = jax.lax.stop_gradient(assignment)
+  return _maps((m * n) * assignment * s, shape), Transport(_maps(assignment, shape), transport.iterations)
