@@ -43,7 +43,9 @@ class ASPP(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     branches = [ConvNormReLU(self.features, 1, dtype=self.dtype)(x)]
     branches += [ConvNormReLU(self.features, 3, r, dtype=self.dtype)(x) for r in self.rates]
-    pooled = ConvNormReLU(self.features, 1, dtype=self.dtype)(jnp.mean(x, axis=(1, 2), keepdims=True))
+    # Image-level branch: a 1×1 map has nothing to normalize over (GroupNorm would zero it), so no norm here.
+    pooled = nn.relu(nn.Conv(self.features, (1, 1), dtype=self.dtype, name="image_pool")(
+        jnp.mean(x, axis=(1, 2), keepdims=True)))
     branches.append(jnp.broadcast_to(pooled, x.shape[:-1] + (self.features,)))
     return ConvNormReLU(self.features, 1, dtype=self.dtype)(jnp.concatenate(branches, axis=-1))
 

@@ -1,0 +1,157 @@
+"""MPOT: the ott-jax Sinkhorn against an independent log-domain Sinkhorn, its gradients, batching, stability."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from zegot_jax.models.mpot import SinkhornConfig, bipartite_refine, mpot_refine, sinkhorn_plans
+
+TIGHT = SinkhornConfig(threshold=1e-7, max_iterations=2000)
+
+
+def reference_plan(cost: np.ndarray, epsilon: float = 0.05, iterations: int = 20000) -> np.ndarray:
+  """Algorithm 1 in the log domain, float64, uniform marginals, run to convergence."""
+  cost = np.asarray(cost, np.float64)
+  m, n = cost.shape
+  log_mu, log_nu = np.full(m, -np.log(m)), np.full(n, -np.log(n))
+  f, g = np.zeros(m), np.zeros(n)
+  for _ in range(iterations):
+    f = epsilon * (log_mu - logsumexp((g[None, :] - cost) / epsilon, axis=1))  # a^t = μ / K b^{t-1}
+    g = epsilon * (log_nu - logsumexp((f[:, None] - cost) / epsilon, axis=0))  # b^t = ν / Kᵀ a^t
+    plan = np.exp((f[:, None] + g[None, :] - cost) / epsilon)
+    if np.abs(plan.sum(1) - 1 / m).sum() < 1e-15:
+      break
+  return plan
+
+
+def unrolled_plan(cost: jax.Array, epsilon: float = 0.05, iterations: int = 300) -> jax.Array:
+  """The same algorithm in JAX, unrolled for a fixed number of iterations: an autodiff reference."""
+  m, n = cost.shape
+  log_mu, log_nu = -jnp.log(m), -jnp.log(n)
+
+  def step(_, fg):
+    f, g = fg
+    f = epsilon * (log_mu - jax.nn.logsumexp((g[None, :] - cost) / epsilon, axis=1))
+    g = epsilon * (log_nu - jax.nn.logsumexp((f[:, None] - cost) / epsilon, axis=0))
+    return f, g
+
+  f, g = jax.lax.fori_loop(0, iterations, step, (jnp.zeros(m), jnp.zeros(n)))
+  return jnp.exp((f[:, None] + g[None, :] - cost) / epsilon)
+
+
+def _scores(seed, shape, low=-0.3, high=0.6):
+  return jax.random.uniform(jax.random.key(seed), shape, jnp.float32, low, high)
+
+
+def test_marginals_are_uniform():
+  scores = _scores(0, (2, 3, 6, 5, 4, 3))  # (d, B, h, w, K, N)
+  _, transport = mpot_refine(scores, TIGHT)
+  plan = np.asarray(transport.plan, np.float64)  # (d, B, h, w, K, N)
+  m, n = 6 * 5, 3
+  np.testing.assert_allclose(plan.sum(axis=-1), 1 / m, rtol=1e-5)  # μ: every pixel
+  np.testing.assert_allclose(plan.sum(axis=(2, 3)), 1 / n, rtol=1e-5)  # ν: every prompt
+
+
+def test_plan_equals_independent_float64_sinkhorn():
+  cost = 1.0 - _scores(1, (4, 48, 4))
+  plans = np.asarray(sinkhorn_plans(cost, TIGHT).plan)
+  for p in range(cost.shape[0]):
+    reference = reference_plan(np.asarray(cost[p]))
+    # Compared on the mean-1 scale of (M·N)·T, the scale at which MPOT uses the plan.
+    np.testing.assert_allclose(48 * 4 * plans[p], 48 * 4 * reference, atol=1e-6 * 48 * 4, rtol=0)
+    assert np.abs(48 * 4 * (plans[p] - reference)).max() < 5e-5
+
+
+def test_refined_maps_are_rescaled_plan_times_scores():
+  scores = _scores(2, (1, 2, 4, 4, 3, 2))
+  refined, transport = mpot_refine(scores)
+  np.testing.assert_allclose(refined, 16 * 2 * transport.plan * scores, rtol=1e-6, atol=1e-7)
+
+
+def test_batched_equals_one_problem_at_a_time():
+  scores = _scores(3, (2, 2, 4, 3, 5, 4))  # 2·2·5 = 20 problems
+  refined, transport = mpot_refine(scores)
+  solve_one = jax.jit(mpot_refine)  # one compilation for all 20 single problems
+  for l in range(2):
+    for b in range(2):
+      for k in range(5):
+        single, single_t = solve_one(scores[l:l + 1, b:b + 1, :, :, k:k + 1])
+        np.testing.assert_allclose(refined[l, b, :, :, k], single[0, 0, :, :, 0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(transport.plan[l, b, :, :, k], single_t.plan[0, 0, :, :, 0], rtol=1e-6,
+                                   atol=1e-9)
+
+
+def test_gradients_equal_unrolled_reference_and_finite_differences():
+  scores = _scores(4, (1, 1, 4, 3, 2, 3))
+  weights = jax.random.normal(jax.random.key(5), scores.shape)
+  config = SinkhornConfig(threshold=1e-9, max_iterations=300)  # never converges that far: runs all 300
+
+  def loss_ours(s):
+    return jnp.sum(weights * mpot_refine(s, config)[0])
+
+  def loss_reference(s):
+    problems = jnp.moveaxis(s, -2, -4).reshape(-1, 12, 3)  # (l, b, k) problems of 12 pixels × 3 prompts
+    plans = jax.vmap(unrolled_plan)(1.0 - problems).reshape(1, 1, 2, 4, 3, 3)
+    return jnp.sum(weights * 12 * 3 * jnp.moveaxis(plans, -4, -2) * s)
+
+  np.testing.assert_allclose(loss_ours(scores), loss_reference(scores), rtol=1e-5)
+  loss_ours = jax.jit(loss_ours)
+  g_ours, g_ref = jax.jit(jax.grad(loss_ours))(scores), jax.jit(jax.grad(loss_reference))(scores)
+  assert np.isfinite(np.asarray(g_ours)).all()
+  np.testing.assert_allclose(g_ours, g_ref, rtol=1e-3, atol=1e-3 * float(jnp.abs(g_ref).max()))
+
+  eps = 1e-3
+  rng = np.random.default_rng(0)
+  for _ in range(4):
+    idx = tuple(int(rng.integers(0, d)) for d in scores.shape)
+    bump = jnp.zeros_like(scores).at[idx].set(eps)
+    fd = (loss_ours(scores + bump) - loss_ours(scores - bump)) / (2 * eps)
+    np.testing.assert_allclose(float(fd), float(g_ours[idx]), rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_no_nan_at_extreme_costs(dtype):
+  """Scores near 1 and −1 (costs near 0 and 2), in float32 and bfloat16: plans and gradients stay finite."""
+  base = jnp.where(jax.random.bernoulli(jax.random.key(6), 0.5, (1, 2, 4, 4, 3, 4)), 0.9999, -0.9999)
+  scores = base.astype(dtype)
+  refined, transport = mpot_refine(scores)
+  assert refined.dtype == jnp.float32 and np.isfinite(np.asarray(refined)).all()
+  np.testing.assert_allclose(np.asarray(transport.plan).sum(axis=-1), 1 / 16, rtol=1e-4)
+  grad = jax.jit(jax.grad(lambda s: mpot_refine(s)[0].sum()))(scores.astype(jnp.float32))
+  assert np.isfinite(np.asarray(grad)).all()
+  uniform = jnp.full((1, 1, 3, 3, 2, 4), 1.0, dtype)  # every cost exactly 0
+  refined, transport = mpot_refine(uniform)
+  np.testing.assert_allclose(transport.plan, 1 / 36, rtol=1e-5)
+
+
+def test_bipartite_assigns_each_pixel_to_one_prompt():
+  scores = _scores(7, (1, 2, 4, 4, 3, 4))
+  refined, transport = bipartite_refine(scores)
+  active = np.asarray(transport.plan) > 0
+  assert (active.sum(axis=-1) == 1).all()  # exactly one prompt per pixel
+  np.testing.assert_allclose(np.asarray(refined)[active], 4 * np.asarray(scores)[active], rtol=1e-6)
+  assert (np.asarray(refined)[~active] == 0).all()
+
+
+def test_sinkhorn_config_rejects_wrong_iteration_settings():
+  with pytest.raises(ValueError, match="min_iterations < inner_iterations"):
+    SinkhornConfig(min_iterations=10)
+  with pytest.raises(ValueError, match="multiple of inner_iterations"):
+    SinkhornConfig(max_iterations=95)
+
+
+def test_min_iterations_at_inner_iterations_would_stop_ott_early():
+  """Why SinkhornConfig forbids min_iterations >= inner_iterations: ott-jax then stops after one block."""
+  from ott.geometry import geometry
+  from ott.problems.linear import linear_problem
+  from ott.solvers.linear import sinkhorn
+
+  cost = 1.0 - _scores(1, (48, 4))
+  solve = lambda **kw: sinkhorn.Sinkhorn(threshold=1e-7, max_iterations=2000, implicit_diff=None, **kw)(
+      linear_problem.LinearProblem(geometry.Geometry(cost_matrix=cost, epsilon=0.05)))
+  assert int(solve(min_iterations=10).n_iters) == 10  # "diverged" on the skipped check
+  assert int(solve(min_iterations=0).n_iters) > 10

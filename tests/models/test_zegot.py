@@ -1,0 +1,167 @@
+"""The ZegOT model: class permutation equivariance, any class list, ablation switches, where gradients go."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zegot_jax.models import clip_checkpoint, prompts, zegot
+from zegot_jax.models.losses import segmentation_loss
+from zegot_jax.models.mpot import SinkhornConfig
+
+CLASSES = ["cat", "dog", "potted plant", "sheep", "tv monitor"]
+BASE = zegot.ZegOTConfig(dfa_layers=(1, 2, 3), context_length=4, num_prompts=3, decoder_features=8)
+
+
+@pytest.fixture(scope="module")
+def clip(make_checkpoint):
+  directory, _ = make_checkpoint()
+  return clip_checkpoint.from_pretrained(directory), prompts.load_tokenizer(directory)
+
+
+@pytest.fixture(scope="module")
+def images():
+  return jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 40, 32, 3)), jnp.uint8)
+
+
+def _build(clip, config=BASE, classes=CLASSES, seed=0, dtype=jnp.float32):
+  loaded, tokenizer = clip
+  model = zegot.ZegOT(loaded.config, config, dtype=dtype)
+  tokens = zegot.class_tokens(tokenizer, classes, config)
+  trainable = zegot.init_trainable(model, jax.random.key(seed), tokens)
+  return model, zegot.merge_params(trainable, loaded.params), tokens
+
+
+def _run(model, params, images, tokens):
+  return jax.jit(model.apply)({"params": params}, images, jnp.asarray(tokens))
+
+
+def test_output_shapes_and_ensemble(clip, images):
+  model, params, tokens = _build(clip)
+  out, aux = _run(model, params, images, tokens)
+  for y in out:
+    assert y.shape == (2, 40, 32, 5) and y.dtype == jnp.float32 and np.isfinite(np.asarray(y)).all()
+  np.testing.assert_allclose(out.logits, 0.8 * out.score_logits + 0.2 * out.decoder_logits, rtol=1e-5, atol=1e-6)
+  assert aux["score_maps"].shape == (3, 2, 5, 4, 5, 3)  # (d, B, h, w, K, N)
+  assert aux["transport_plans"].shape == (3, 2, 5, 4, 5, 3)
+  assert aux["sinkhorn_iterations"].shape == (3 * 2 * 5,) and int(aux["sinkhorn_iterations"].max()) <= 100
+
+
+def test_permuting_classes_permutes_every_output(clip, images):
+  model, params, tokens = _build(clip)
+  perm = np.array([3, 0, 4, 2, 1])
+  out, _ = _run(model, params, images, tokens)
+  permuted, _ = _run(model, params, images, tokens[perm])
+  for a, b in zip(out, permuted):
+    np.testing.assert_allclose(np.asarray(a)[..., perm], b, rtol=1e-5, atol=1e-5)
+
+
+def test_other_class_lists_need_no_new_parameters(clip, images):
+  """A model initialized on 5 classes segments 2 or 7 with the same parameters; each class's output does not
+  depend on which other classes are asked for."""
+  loaded, tokenizer = clip
+  model, params, tokens = _build(clip)
+  out, _ = _run(model, params, images, tokens)
+  more = CLASSES + ["giraffe", "a very long class name"]
+  out_more, _ = _run(model, params, images, zegot.class_tokens(tokenizer, more, BASE))
+  out_two, _ = _run(model, params, images, zegot.class_tokens(tokenizer, ["dog", "sheep"], BASE))
+  for a, b, c in zip(out, out_more, out_two):
+    assert b.shape[-1] == 7 and c.shape[-1] == 2
+    np.testing.assert_allclose(b[..., :5], a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c, np.asarray(a)[..., [1, 3]], rtol=1e-5, atol=1e-5)
+  shapes = jax.tree_util.tree_map(jnp.shape, zegot.split_params(params)[0])
+  again = zegot.init_trainable(model, jax.random.key(0), zegot.class_tokens(tokenizer, more, BASE))
+  assert jax.tree_util.tree_map(jnp.shape, again) == shapes
+
+
+ABLATIONS = {
+    "matching=none": dict(matching="none"),
+    "matching=bipartite": dict(matching="bipartite"),
+    "matching=self_attention": dict(matching="self_attention"),
+    "prompts=handcrafted": dict(prompts="handcrafted", templates=("a photo of a {}.", "art of the {}.")),
+    "dfa_layers=(2,3)": dict(dfa_layers=(2, 3)),
+    "num_prompts=2": dict(num_prompts=2),
+    "context_length=2": dict(context_length=2),
+    "ensemble_lambda=0.5": dict(ensemble_lambda=0.5),
+    "fusion_norm=minmax": dict(fusion_norm="minmax"),
+    "dense_features=maskclip": dict(dense_features="maskclip"),
+}
+
+
+@pytest.fixture(scope="module")
+def default_run(clip, images):
+  model, params, tokens = _build(clip)
+  return params, _run(model, params, images, tokens)[0]
+
+
+@pytest.mark.parametrize("name", list(ABLATIONS))
+def test_every_ablation_switch_builds_runs_and_changes_the_output(clip, images, default_run, name):
+  params, reference = default_run
+  config = dataclasses.replace(BASE, **ABLATIONS[name])
+  model_a, params_a, tokens_a = _build(clip, config)
+  # Shared parameters are taken from the reference so that only the switch differs.
+  trainable_a = zegot.split_params(params_a)[0]
+  for key in ("global_alignment", "decoder"):
+    trainable_a[key] = zegot.split_params(params)[0][key]
+  out, _ = _run(model_a, zegot.merge_params(trainable_a, params["clip"]), images, tokens_a)
+  assert all(np.isfinite(np.asarray(y)).all() for y in out)
+  assert float(jnp.abs(out.logits - reference.logits).max()) > 1e-4, f"{name} did not change the output"
+
+
+def test_gradients_reach_exactly_the_trainable_parameters(clip, images):
+  for config in (BASE, dataclasses.replace(BASE, matching="self_attention")):
+    model, params, tokens = _build(clip, config)
+    labels = jnp.asarray(np.random.default_rng(1).integers(0, 5, (2, 40, 32))).at[:, :8].set(255)
+
+    def loss(p):
+      out, _ = model.apply({"params": p}, images, jnp.asarray(tokens))
+      return segmentation_loss(out.score_logits, labels).total + segmentation_loss(out.decoder_logits, labels).total
+
+    grads = jax.jit(jax.grad(loss))(params)
+    clip_grads = jax.tree_util.tree_leaves(grads["clip"])
+    assert clip_grads and all(float(jnp.abs(g).max()) == 0.0 for g in clip_grads)
+    trainable = zegot.split_params(grads)[0]
+    expected = {"context", "global_alignment", "decoder"} | (
+        {"match_query", "match_key"} if config.matching == "self_attention" else set())
+    assert set(trainable) == expected
+    for path, g in jax.tree_util.tree_leaves_with_path(trainable):
+      assert float(jnp.abs(g).max()) > 0, f"no gradient reaches {jax.tree_util.keystr(path)}"
+
+
+def test_bfloat16_forward_close_to_float32(clip, images):
+  model, params, tokens = _build(clip)
+  model16 = zegot.ZegOT(clip[0].config, BASE, dtype=jnp.bfloat16)
+  out32, aux32 = _run(model, params, images, tokens)
+  out16, aux16 = _run(model16, params, images, tokens)
+  assert all(y.dtype == jnp.float32 and np.isfinite(np.asarray(y)).all() for y in out16)
+  rel = float(jnp.linalg.norm(aux16["score_maps"] - aux32["score_maps"]) / jnp.linalg.norm(aux32["score_maps"]))
+  assert 1e-5 < rel < 5e-2
+
+
+def test_text_embeddings_reused_across_images(clip, images):
+  """segment() with text from encode_classes() equals the full call: text can be computed once."""
+  model, params, tokens = _build(clip)
+  text = model.apply({"params": params}, jnp.asarray(tokens), method="encode_classes")
+  assert text.shape == (5, 3, 16)
+  np.testing.assert_allclose(jnp.linalg.norm(text, axis=-1), 1.0, rtol=1e-5)
+  full, _ = _run(model, params, images, tokens)
+  split, _ = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t, method="segment"))(params, images, text)
+  np.testing.assert_allclose(split.logits, full.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_bad_configs_are_named():
+  with pytest.raises(ValueError, match=r"matching='ot'; expected one of"):
+    zegot.ZegOTConfig(matching="ot")
+  with pytest.raises(ValueError, match="dfa_layers=.*increasing"):
+    zegot.ZegOTConfig(dfa_layers=(12, 8))
+  with pytest.raises(ValueError, match=r"ensemble_lambda=1.5"):
+    zegot.ZegOTConfig(ensemble_lambda=1.5)
+  with pytest.raises(ValueError, match="needs a '{}'"):
+    zegot.ZegOTConfig(prompts="handcrafted", templates=("a photo",))
+
+
+def test_dfa_layers_beyond_the_tower_are_named(clip, images):
+  with pytest.raises(ValueError, match=r"reach past the CLIP image tower's 3 layers"):
+    _build(clip, dataclasses.replace(BASE, dfa_layers=(3, 4)))
