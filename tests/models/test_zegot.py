@@ -165,3 +165,18 @@ def test_bad_configs_are_named():
 def test_dfa_layers_beyond_the_tower_are_named(clip, images):
   with pytest.raises(ValueError, match=r"reach past the CLIP image tower's 3 layers"):
     _build(clip, dataclasses.replace(BASE, dfa_layers=(3, 4)))
+
+
+def test_fusion_is_eq8_with_geometric_mean_of_sigmoids():
+  rng = np.random.default_rng(2)
+  refined = rng.normal(0, 2, (4, 2, 3, 3, 2, 3)).astype(np.float32)  # (d=4, B, h, w, K, N)
+  sig = 1 / (1 + np.exp(-refined[:-1].astype(np.float64)))
+  expected = refined[-1] * np.prod(sig, axis=0) ** (1 / 3)  # S*_L · Π_{i<L} σ(S*_i)^(1/(d−1))
+  np.testing.assert_allclose(zegot.fuse_score_maps(jnp.asarray(refined)), expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(zegot.fuse_score_maps(jnp.asarray(refined[:1])), refined[0])  # d = 1: S*_L
+  lo = refined[:-1].min(axis=(2, 3), keepdims=True)
+  hi = refined[:-1].max(axis=(2, 3), keepdims=True)
+  minmax = np.clip((refined[:-1] - lo) / (hi - lo), 1e-6, 1)
+  np.testing.assert_allclose(zegot.fuse_score_maps(jnp.asarray(refined), "minmax"),
+                             refined[-1] * np.prod(minmax.astype(np.float64), axis=0) ** (1 / 3), rtol=1e-4,
+                             atol=1e-6)
