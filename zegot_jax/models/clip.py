@@ -90,6 +90,15 @@ class CLIPConfig:
   projection_dim: int = 512
 
 
+def vit_b16_config(image_size: int, eos_token_id: int = 49407) -> CLIPConfig:
+  """openai/clip-vit-base-patch16's shapes, position embedding at the grid of `image_size`."""
+  grid = image_size // 16
+  return CLIPConfig(
+      vision=VisionConfig(768, 3072, 12, 12, image_size=224, patch_size=16, pos_grid=(grid, grid)),
+      text=TextConfig(512, 2048, 12, 8, vocab_size=49408, max_position_embeddings=77, eos_token_id=eos_token_id),
+      projection_dim=512)
+
+
 # ----------------------------------------------------------------------------------------------- building blocks
 
 

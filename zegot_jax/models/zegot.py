@@ -91,6 +91,14 @@ class ZegOTOutput(NamedTuple):
   decoder_logits: jax.Array  # (B, H, W, K) Ỹ, eq. 10
 
 
+class ImageFeatures(NamedTuple):
+  """What the frozen image tower gives the head."""
+
+  f: jax.Array  # (d, B, h, w, D) L2-normalized dense features of the DFA layers
+  f_bar: jax.Array  # (B, D) L2-normalized global image embedding
+  image_size: tuple[int, int]  # (H, W) of the input, static
+
+
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
   x32 = x.astype(jnp.float32)
   return (x32 * jax.lax.rsqrt(jnp.maximum(jnp.sum(x32 * x32, axis=axis, keepdims=True), eps * eps))).astype(x.dtype)
@@ -164,8 +172,12 @@ class ZegOT(nn.Module):
 
   def segment(self, images: jax.Array, text: jax.Array) -> tuple[ZegOTOutput, dict[str, Any]]:
     """Segments images against precomputed text embeddings `text` (K, N, D) from `encode_classes`."""
+    return self.decode(self.encode_images(images), text)
+
+  def encode_images(self, images: jax.Array) -> ImageFeatures:
+    """The frozen image tower's part: f_i of every DFA layer and f̄, L2-normalized. It depends on no trainable
+    parameter, so a training step computes it once and shares it between the teacher and the student."""
     c = self.config
-    b, height, width = images.shape[:3]
     vision = self.clip.encode_image(normalize_image(images), feature_layers=c.dfa_layers,
                                     value_embeddings=c.dense_features == "maskclip")
     dense = [vision.dense_features[i] for i in c.dfa_layers]
@@ -173,7 +185,13 @@ class ZegOT(nn.Module):
       dense[-1] = vision.value_features
     f = l2_normalize(jnp.stack(dense)).astype(jnp.float32)  # (d, B, h, w, D)
     f_bar = l2_normalize(vision.image_embeds)  # (B, D) global image embedding f̄_L
+    return ImageFeatures(f, f_bar, images.shape[1:3])
 
+  def decode(self, features: ImageFeatures, text: jax.Array) -> tuple[ZegOTOutput, dict[str, Any]]:
+    """Everything after the frozen towers: GA, DFA, matching, fusion, decoder, ensemble."""
+    c = self.config
+    f, f_bar, (height, width) = features.f, features.f_bar, features.image_size
+    b = f_bar.shape[0]
     g = jnp.broadcast_to(text[None], (b, *text.shape))  # (B, K, N, D)
     g_ga = self.global_alignment(jnp.concatenate([f_bar[:, None, None, :] * g, g], axis=-1))  # GA
     g_ga = l2_normalize(g_ga).astype(jnp.float32)  # (B, K, N, D)

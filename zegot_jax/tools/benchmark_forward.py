@@ -21,7 +21,7 @@ from absl import app, flags
 from tqdm import tqdm
 
 from zegot_jax.models import prompts, zegot
-from zegot_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
+from zegot_jax.models.clip import CLIP, vit_b16_config
 from zegot_jax.models.mpot import mpot_refine
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -35,15 +35,6 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed runs per configuration")
 
 
-def vit_b16_config(image_size: int) -> CLIPConfig:
-  """openai/clip-vit-base-patch16's shapes, position embedding at the grid of `image_size`."""
-  grid = image_size // 16
-  return CLIPConfig(
-      vision=VisionConfig(768, 3072, 12, 12, image_size=224, patch_size=16, pos_grid=(grid, grid)),
-      text=TextConfig(512, 2048, 12, 8, vocab_size=49408, max_position_embeddings=77, eos_token_id=513),
-      projection_dim=512)
-
-
 def _timed(fn, *args) -> float:
   start = time.perf_counter()
   jax.block_until_ready(fn(*args))
@@ -53,7 +44,7 @@ def _timed(fn, *args) -> float:
 def main(argv):
   del argv
   dtype = jnp.dtype(_DTYPE.value)
-  clip_config = vit_b16_config(_IMAGE_SIZE.value)
+  clip_config = vit_b16_config(_IMAGE_SIZE.value, eos_token_id=513)  # the byte-level tokenizer's [EOS]
   names = [VOC_CLASSES[i % 20] + ("" if i < 20 else f" {i // 20}") for i in range(_CLASSES.value)]
   tokenizer = prompts.byte_level_tokenizer()
   rng = jax.random.key(0)

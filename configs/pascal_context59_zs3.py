@@ -1,0 +1,18 @@
+r"""ZegOT on pascal_context59_zs3 with the paper's settings (ViT-B/16 CLIP, N=4, C=8, DFA layers 8-12, λ=0.8, batch 16,
+40000 steps, AdamW).
+
+  python -m zegot_jax.train --config configs/pascal_context59_zs3.py --workdir runs/pascal_context59_zs3
+  python -m zegot_jax.train --config configs/pascal_context59_zs3.py:setting=inductive --workdir runs/pascal_context59_zs3_inductive
+  python -m zegot_jax.train --config configs/pascal_context59_zs3.py:runlocal=True --workdir /tmp/smoke   # seconds on a CPU
+  python -m zegot_jax.evaluate --config configs/pascal_context59_zs3.py --workdir runs/pascal_context59_zs3
+
+Variants (after the colon): setting, runlocal, matching, prompts, fusion_norm, dense_features, num_prompts,
+context_length, ensemble_lambda. Build the dataset first: python -m zegot_jax.data.build pascal_context59_zs3 ...
+"""
+
+from zegot_jax import config_lib as common
+
+
+def get_config(arg=None):
+  variant = common.parse_arg(arg)
+  return common.base_config(variant, dataset="pascal_context59_zs3", steps=40000, teacher="frozen_then_live", image_size=480)

@@ -1,0 +1,293 @@
+"""Evaluation: IoU counts and reports against a numpy confusion matrix, calibrated argmax, sliding-window logits
+against a Python-loop version of mmsegmentation's slide inference."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from zegot_jax.data.classes import IGNORE_INDEX, UNLABELLED
+from zegot_jax.evaluation import (IoUAccumulator, format_table, iou_counts, miou_report, predict_labels,
+                                  sliding_window_logits)
+
+NAMES = ("sky", "road", "car", "tree", "person", "boat")  # class 5 (boat) never occurs
+SEEN, UNSEEN = (0, 1, 2, 5), (3, 4)
+
+
+def random_segmentation(rng: np.random.Generator, shape: tuple[int, ...], present: int = 5) -> tuple[np.ndarray,
+                                                                                                     np.ndarray]:
+  """Labels and predictions over classes 0..present-1, labels ~20% IGNORE_INDEX; predictions agree ~50%."""
+  label = rng.integers(0, present, size=shape)
+  pred = np.where(rng.random(shape) < 0.5, label, rng.integers(0, present, size=shape))
+  label = np.where(rng.random(shape) < 0.2, IGNORE_INDEX, label)
+  return pred.astype(np.int32), label.astype(np.int32)
+
+
+def reference_iou(pred: np.ndarray, label: np.ndarray, k: int) -> np.ndarray:
+  """Per-class IoU in percent from a confusion matrix (rows: label, columns: prediction); nan where union 0."""
+  valid = label < k
+  conf = np.bincount(k * label[valid] + pred[valid], minlength=k * k).reshape(k, k).astype(np.float64)
+  diag = np.diag(conf)
+  union = conf.sum(0) + conf.sum(1) - diag
+  with np.errstate(invalid="ignore"):
+    return 100.0 * diag / union
+
+
+def test_counts_and_report_match_confusion_matrix():
+  rng = np.random.default_rng(0)
+  pred, label = random_segmentation(rng, (3, 17, 23))
+  k = len(NAMES)
+  iou = reference_iou(pred, label, k)
+  assert np.isnan(iou[5]) and not np.isnan(iou[:5]).any()
+
+  inter, union = iou_counts(jnp.asarray(pred), jnp.asarray(label), k)
+  assert inter.dtype == jnp.int32 and union.dtype == jnp.int32 and inter.shape == union.shape == (k,)
+  report = miou_report(np.asarray(inter), np.asarray(union), NAMES, SEEN, UNSEEN)
+
+  for name, expected in zip(NAMES, iou):
+    if np.isnan(expected):
+      assert report["per_class"][name] is None
+    else:
+      np.testing.assert_allclose(report["per_class"][name], expected, rtol=1e-12)
+  seen = np.mean([iou[0], iou[1], iou[2]])  # boat (5) is seen but has union 0: left out
+  unseen = np.mean([iou[3], iou[4]])
+  np.testing.assert_allclose(report["mIoU"], np.mean(iou[:5]), rtol=1e-12)
+  np.testing.assert_allclose(report["mIoU_seen"], seen, rtol=1e-12)
+  np.testing.assert_allclose(report["mIoU_unseen"], unseen, rtol=1e-12)
+  np.testing.assert_allclose(report["hIoU"], 2 * seen * unseen / (seen + unseen), rtol=1e-12)
+
+
+def test_accumulating_chunks_equals_one_call():
+  rng = np.random.default_rng(1)
+  pred, label = random_segmentation(rng, (6, 11, 13))
+  k = len(NAMES)
+  accumulator = IoUAccumulator(k)
+  for chunk in np.split(np.arange(6), [1, 4]):  # 3 chunks of unequal size
+    accumulator.add(*iou_counts(jnp.asarray(pred[chunk]), jnp.asarray(label[chunk]), k))
+  inter, union = iou_counts(jnp.asarray(pred), jnp.asarray(label), k)
+  np.testing.assert_array_equal(accumulator.intersection, np.asarray(inter))
+  np.testing.assert_array_equal(accumulator.union, np.asarray(union))
+  assert accumulator.intersection.dtype == np.int64
+  assert accumulator.report(NAMES, SEEN, UNSEEN) == miou_report(np.asarray(inter), np.asarray(union), NAMES, SEEN,
+                                                                UNSEEN)
+
+
+def test_counts_under_jit_skip_out_of_range_labels():
+  rng = np.random.default_rng(2)
+  pred, label = random_segmentation(rng, (2, 9, 31))
+  label = np.where(rng.random(label.shape) < 0.1, UNLABELLED, label)  # 254 ≥ K: skipped like 255
+  k = len(NAMES)
+  counts = jax.jit(functools.partial(iou_counts, num_classes=k))(jnp.asarray(pred), jnp.asarray(label))
+  eager = iou_counts(jnp.asarray(pred), jnp.asarray(label), k)
+  for a, b in zip(counts, eager):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  valid = label < k
+  conf = np.bincount(k * label[valid] + pred[valid], minlength=k * k).reshape(k, k)
+  np.testing.assert_array_equal(np.asarray(counts[0]), np.diag(conf))
+  np.testing.assert_array_equal(np.asarray(counts[1]), conf.sum(0) + conf.sum(1) - np.diag(conf))
+
+
+def test_counts_by_hand():
+  label = jnp.array([0, 0, 1, 1, 2, IGNORE_INDEX, UNLABELLED, 1])
+  pred = jnp.array([0, 1, 1, 1, 0, 2, 2, 7])  # 7: a prediction outside 0..K-1 matches no class
+  inter, union = iou_counts(pred, label, 3)
+  np.testing.assert_array_equal(np.asarray(inter), [1, 2, 0])
+  np.testing.assert_array_equal(np.asarray(union), [3, 4, 1])  # class 1: pred {1,2,3}, label {2,3,7}
+
+
+def test_report_edge_cases():
+  names = ("a", "b", "c")
+  inter, union = np.array([0, 5, 0]), np.array([4, 10, 0])
+  report = miou_report(inter, union, names, seen=(0, 1, 2), unseen=())
+  assert report["per_class"] == {"a": 0.0, "b": 50.0, "c": None}
+  assert report["mIoU"] == report["mIoU_seen"] == 25.0
+  assert report["mIoU_unseen"] is None and report["hIoU"] is None
+  report = miou_report(inter, union, names, seen=(0,), unseen=(2,))  # unseen list holds only a union-0 class
+  assert report["mIoU_unseen"] is None and report["hIoU"] is None
+  report = miou_report(inter, union, names, seen=(0,), unseen=(1,))
+  assert report["hIoU"] == 0.0  # S = 0: 2·S·U / (S + U) = 0
+  report = miou_report(np.zeros(3), union, names, seen=(0,), unseen=(1,))
+  assert report["mIoU_seen"] == report["mIoU_unseen"] == report["hIoU"] == 0.0  # S + U = 0
+  with pytest.raises(ValueError):
+    miou_report(inter, union, names, seen=(0, 1), unseen=(1, 2))
+  with pytest.raises(ValueError):
+    miou_report(inter, union, names[:2], seen=(0,), unseen=(1,))
+
+
+def test_format_table():
+  report = miou_report(np.array([1, 5, 0, 3]), np.array([4, 10, 0, 9]), ("cat", "dog", "ghost", "bird"),
+                       seen=(0, 1, 2), unseen=(3,))
+  table = format_table(report)
+  lines = table.splitlines()
+  for name, mark, value in [("cat", "seen", "25.00"), ("dog", "seen", "50.00"), ("ghost", "seen", "-"),
+                            ("bird", "unseen", "33.33")]:
+    row = next(line for line in lines if line.split()[0] == name)
+    assert row.split()[1:] == [mark, value]
+  for label, value in [("mIoU(S)", "37.50"), ("mIoU(U)", "33.33"), ("hIoU", "35.29"), ("mIoU", "36.11")]:
+    row = next(line for line in lines if line.split()[0] == label)
+    assert row.split()[-1] == value
+  assert [line.split()[0] for line in lines[-4:]] == ["mIoU(S)", "mIoU(U)", "hIoU", "mIoU"]
+
+
+def test_predict_labels_seen_bias_by_hand():
+  seen_mask = jnp.array([True, False, True])
+  logits = jnp.array([
+      [1.00, 0.95, 0.0],  # seen 0 leads unseen 1 by 0.05 < 0.1: flips to 1
+      [1.00, 0.85, 0.0],  # lead 0.15 ≥ 0.1: stays 0
+      [0.50, 0.90, 0.0],  # unseen already leads: stays 1
+      [0.20, 0.00, 0.25],  # both leaders seen, both lowered: stays 2
+      [0.00, 0.00, 0.0],  # a tie between seen 0 and unseen 1: the bias breaks it for 1
+  ])
+  np.testing.assert_array_equal(np.asarray(predict_labels(logits)), [0, 0, 1, 2, 0])
+  out = predict_labels(logits, seen_mask, 0.1)
+  assert out.dtype == jnp.int32
+  np.testing.assert_array_equal(np.asarray(out), [1, 0, 1, 2, 1])
+  np.testing.assert_array_equal(np.asarray(predict_labels(logits, seen_mask, 0.0)), [0, 0, 1, 2, 0])
+
+
+def test_predict_labels_bias_flips_exactly_below_margin():
+  rng = np.random.default_rng(3)
+  k, bias = 7, 0.1
+  seen = np.array([True, False, True, True, False, True, False])
+  logits = rng.normal(0.0, 0.1, size=(4, 50, k)).astype(np.float32)  # (B, P, K)
+  best_seen = np.where(seen, logits, -np.inf).max(-1)
+  best_unseen = np.where(~seen, logits, -np.inf).max(-1)
+  margin = best_seen - best_unseen
+  clear = np.abs(margin - bias) > 1e-4  # rows too close to the threshold are left to float rounding
+  flips = (margin > 0) & (margin < bias)
+  assert flips[clear].sum() > 10 and (~flips & (margin > 0))[clear].sum() > 10
+  plain = logits.argmax(-1)
+  expected = np.where(margin < bias, np.where(~seen, logits, -np.inf).argmax(-1),
+                      np.where(seen, logits, -np.inf).argmax(-1))
+  out = np.asarray(jax.jit(predict_labels)(jnp.asarray(logits), jnp.asarray(seen), bias))
+  assert out.shape == (4, 50)
+  np.testing.assert_array_equal(out[clear], expected[clear])
+  np.testing.assert_array_equal((out != plain)[clear], flips[clear])
+
+
+# Sliding windows ----------------------------------------------------------------------------------------------
+
+CROP, STRIDE = 8, 5
+SIZES = [(8, 8), (5, 7), (3, 20), (8, 13), (17, 9), (20, 23), (23, 30)]  # smaller, equal, non-multiples of stride
+
+
+def linear_fn(weights: np.ndarray) -> Callable[[jax.Array], jax.Array]:
+  """A per-pixel logits function: windows (n, crop, crop, C) → their pixels times weights (C, K)."""
+  return lambda windows: jnp.einsum("nhwc,ck->nhwk", windows.astype(jnp.float32), jnp.asarray(weights))
+
+
+def positional_fn(windows: jax.Array) -> jax.Array:
+  """Logits that depend on the position in the window and on the whole window, not only on the pixel."""
+  n, h, w, _ = windows.shape
+  x = windows.astype(jnp.float32)
+  ys = jnp.broadcast_to(jnp.arange(h, dtype=jnp.float32)[None, :, None], (n, h, w))
+  xs = jnp.broadcast_to(jnp.arange(w, dtype=jnp.float32)[None, None, :], (n, h, w))
+  window_mean = jnp.broadcast_to(x.mean(axis=(1, 2, 3))[:, None, None], (n, h, w))
+  return jnp.stack([ys, xs, x[..., 0] * (1 + ys), window_mean], axis=-1)  # (n, h, w, 4)
+
+
+def positional_np(window: np.ndarray) -> np.ndarray:
+  """positional_fn for one (crop, crop, C) window, in numpy float64."""
+  h, w, _ = window.shape
+  ys, xs = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+  x = window.astype(np.float64)
+  return np.stack([ys, xs, x[..., 0] * (1 + ys), np.full((h, w), x.mean())], axis=-1)
+
+
+def reference_slide(fn, image: np.ndarray, crop: int, stride: int, k: int) -> np.ndarray:
+  """mmsegmentation's slide_inference, written as its Python loops over windows (zero padding up to crop)."""
+  h, w, c = image.shape
+  padded = np.zeros((max(h, crop), max(w, crop), c), image.dtype)
+  padded[:h, :w] = image
+  hp, wp = padded.shape[:2]
+  h_grids = max(hp - crop + stride - 1, 0) // stride + 1
+  w_grids = max(wp - crop + stride - 1, 0) // stride + 1
+  preds = np.zeros((hp, wp, k))
+  count = np.zeros((hp, wp))
+  for h_idx in range(h_grids):
+    for w_idx in range(w_grids):
+      y1, x1 = h_idx * stride, w_idx * stride
+      y2, x2 = min(y1 + crop, hp), min(x1 + crop, wp)
+      y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+      preds[y1:y2, x1:x2] += fn(padded[y1:y2, x1:x2])
+      count[y1:y2, x1:x2] += 1
+  assert (count > 0).all()
+  return (preds / count[..., None])[:h, :w]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_slide_per_pixel_function_is_exact(size):
+  rng = np.random.default_rng(4)
+  image = rng.integers(0, 10, size=(*size, 3)).astype(np.uint8)  # integers: sums and averages are exact
+  weights = rng.integers(-2, 3, size=(3, 5)).astype(np.float32)
+  seen_dtypes = []
+
+  def fn(windows):
+    seen_dtypes.append(windows.dtype)
+    return linear_fn(weights)(windows)
+
+  out = sliding_window_logits(fn, jnp.asarray(image), CROP, STRIDE, 5)
+  assert out.shape == (*size, 5) and out.dtype == jnp.float32
+  assert seen_dtypes == [jnp.uint8]
+  np.testing.assert_array_equal(np.asarray(out), image.astype(np.float32) @ weights)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_slide_matches_mmseg_loop(size):
+  rng = np.random.default_rng(5)
+  image = rng.normal(size=(*size, 2)).astype(np.float32)
+  out = sliding_window_logits(positional_fn, jnp.asarray(image), CROP, STRIDE, 4)
+  expected = reference_slide(positional_np, image, CROP, STRIDE, 4)
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_slide_window_grid():
+  starts = []
+
+  def fn(windows):
+    starts.append(windows.shape[0])
+    return positional_fn(windows)
+
+  image = jnp.zeros((20, 13, 1))  # y starts 0, 5, 10, 12 (the last one flush); x starts 0, 5
+  out = sliding_window_logits(fn, image, CROP, STRIDE, 4)
+  assert starts == [8]
+  local_y = np.asarray(out[:, 0, 0])  # mean of the local y of the windows covering each row
+  # rows 0-4: window 0; 5-7: windows 0, 5; 8-9: 5; 10-11: 5, 10; 12: 5, 10, 12; 13-17: 10, 12; 18-19: 12
+  expected = [0, 1, 2, 3, 4, 2.5, 3.5, 4.5, 3, 4, 2.5, 3.5, 3, 2, 3, 4, 5, 6, 6, 7]
+  np.testing.assert_allclose(local_y, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("batch_windows", [1, 3, 7, 16, 100])
+def test_slide_batch_windows_chunks(batch_windows):
+  rng = np.random.default_rng(6)
+  image = jnp.asarray(rng.normal(size=(20, 23, 2)).astype(np.float32))  # 4 × 4 = 16 windows
+  calls = []
+
+  def fn(windows):
+    calls.append(windows.shape[0])
+    return positional_fn(windows)
+
+  whole = sliding_window_logits(positional_fn, image, CROP, STRIDE, 4)
+  chunked = sliding_window_logits(fn, image, CROP, STRIDE, 4, batch_windows=batch_windows)
+  assert calls == [min(batch_windows, 16)]  # traced once, whatever the number of chunks
+  np.testing.assert_allclose(np.asarray(chunked), np.asarray(whole), rtol=1e-6, atol=1e-6)
+
+
+def test_slide_under_jit():
+  rng = np.random.default_rng(7)
+  image = jnp.asarray(rng.normal(size=(17, 9, 2)).astype(np.float32))
+  run = jax.jit(functools.partial(sliding_window_logits, positional_fn, crop_size=CROP, stride=STRIDE,
+                                  num_classes=4, batch_windows=2))
+  out = run(image)
+  expected = reference_slide(positional_np, np.asarray(image), CROP, STRIDE, 4)
+  np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_slide_checks_num_classes():
+  with pytest.raises(ValueError, match="logits_fn returned"):
+    sliding_window_logits(positional_fn, jnp.zeros((8, 8, 1)), CROP, STRIDE, 3)

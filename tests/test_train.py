@@ -1,0 +1,186 @@
+"""Training and evaluation: exact resume after SIGTERM, 8 devices vs 1, two processes, configs, the CLIs."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from zegot_jax import runtime, trainer
+from zegot_jax.models import zegot
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.py"))
+PYTHON = sys.executable
+
+
+def _load_config_module(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _runlocal(data_dir, **train):
+  config = _load_config_module(ROOT / "configs" / "shapes_zs3.py").get_config("runlocal=True")
+  config.data_dir = str(data_dir)
+  config.train.update(dict(eval_every=0, **train))
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+def _checkpoint(workdir, step):
+  return ocp.StandardCheckpointer().restore(pathlib.Path(workdir) / "checkpoints" / str(step) / "state")
+
+
+def _metrics(workdir):
+  rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+  return [{k: v for k, v in r.items() if k not in trainer.TIMING_METRICS} for r in rows]
+
+
+def test_resume_after_sigterm_is_bit_exact(data_dir, tmp_path):
+  config = _runlocal(data_dir, steps=6, checkpoint_every=4)
+  full = trainer.train_and_evaluate(config, tmp_path / "full")
+  assert full["step"] == 6 and not full["stopped"]
+
+  def preempt(step):
+    if step == 3:  # between two periodic checkpoints: the SIGTERM save is the only one at step 3
+      os.kill(os.getpid(), signal.SIGTERM)
+
+  first = trainer.train_and_evaluate(config, tmp_path / "killed", on_step=preempt)
+  assert first["stopped"] and first["step"] == 3
+  assert (tmp_path / "killed" / "checkpoints" / "3").is_dir()
+  resumed = trainer.train_and_evaluate(config, tmp_path / "killed")
+  assert resumed["step"] == 6 and not resumed["stopped"]
+
+  a, b = _checkpoint(tmp_path / "full", 6), _checkpoint(tmp_path / "killed", 6)
+  leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [k for k, _ in leaves_a] == [k for k, _ in leaves_b] and len(leaves_a) > 10
+  for (path, x), (_, y) in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))  # params, opt_state, teacher, rng
+  assert _metrics(tmp_path / "full") == _metrics(tmp_path / "killed")  # identical, no duplicated lines
+
+
+def test_checkpoint_that_does_not_match_the_config_is_refused(data_dir, tmp_path):
+  trainer.train_and_evaluate(_runlocal(data_dir, steps=2, checkpoint_every=2), tmp_path)
+  other = _runlocal(data_dir, steps=4, checkpoint_every=2)
+  other.model.ensemble_lambda = 0.5
+  with pytest.raises(ValueError, match=r"(?s)these entries differ:.*model.ensemble_lambda: checkpoint has 0.8, "
+                                       r"config has 0.5.*train.steps: checkpoint has 2, config has 4"):
+    trainer.train_and_evaluate(other, tmp_path)
+
+
+def _run_worker(workdir, data_dir, *overrides, env=None):
+  return subprocess.Popen([PYTHON, str(ROOT / "tests" / "train_worker.py"), str(workdir), str(data_dir),
+                           *overrides], env={**os.environ, **(env or {})}, cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process, timeout=600):
+  out, _ = process.communicate(timeout=timeout)
+  assert process.returncode == 0, out[-3000:]
+  return out
+
+
+def _params(path):
+  with np.load(path) as f:
+    return {k: f[k] for k in f}
+
+
+def test_eight_devices_equal_one_device(data_dir, tmp_path):
+  """data=4 × fsdp=2 (the frozen CLIP really split over fsdp) against one device, same global batch of 8.
+
+  Tolerance: Adam divides by the gradient's magnitude, so parameters whose gradient is float noise around 0
+  (a bias that barely matters) move by ±lr either way; everything else agrees to rtol 1e-3.
+  """
+  common = ["train.batch_size=8", "train.steps=3", "mesh.fsdp_min_size=0"]
+  eight = _run_worker(tmp_path / "eight", data_dir, *common, "mesh.fsdp=2",
+                      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert "devices 8" in _finish(eight)
+  one = _run_worker(tmp_path / "one", data_dir, *common)
+  assert "devices 1" in _finish(one)
+  a, b = _params(tmp_path / "eight" / "params_0.npz"), _params(tmp_path / "one" / "params_0.npz")
+  for k in b:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-3, atol=3 * 2e-4 * 3, err_msg=k)
+  losses = lambda w: [m["loss"] for m in _metrics(w)]
+  np.testing.assert_allclose(losses(tmp_path / "eight"), losses(tmp_path / "one"), rtol=1e-5)
+
+
+def test_two_processes_train_to_identical_params(data_dir, tmp_path):
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    port = s.getsockname()[1]
+  workers = [_run_worker(tmp_path, data_dir, "train.steps=2",
+                         env={"JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "JAX_NUM_PROCESSES": "2",
+                              "JAX_PROCESS_ID": str(i)}) for i in range(2)]
+  outs = [_finish(w) for w in workers]
+  assert all("processes 2 step 2" in o for o in outs)
+  a, b = _params(tmp_path / "params_0.npz"), _params(tmp_path / "params_1.npz")
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize("arg", ["", "setting=inductive", "runlocal=True", "matching=none,prompts=handcrafted"])
+def test_every_config_builds(path, arg):
+  """Each config's model initializes (shapes only, jax.eval_shape) with the CLIP it names: ViT-B/16 shapes for
+  the benchmarks (no download needed for shapes), the tiny CLIP for runlocal."""
+  from zegot_jax.models import tiny_clip  # pylint: disable=g-import-not-at-top
+  from zegot_jax.models.clip import vit_b16_config  # pylint: disable=g-import-not-at-top
+
+  config = _load_config_module(path).get_config(arg)
+  clip_config = (tiny_clip.tiny_config() if config.clip.path == tiny_clip.RANDOM_TINY
+                 else vit_b16_config(config.clip.image_size))
+  model = zegot.ZegOT(clip_config, runtime.model_config(config))
+  k = 5
+  tokens = (jax.ShapeDtypeStruct((k, 16), np.int32) if model.config.prompts == "learnable"
+            else jax.ShapeDtypeStruct((k, model.config.n_prompts, 16), np.int32))
+  size = config.clip.image_size
+  images = jax.ShapeDtypeStruct((1, size, size, 3), np.uint8)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images, tokens)
+  out, _ = jax.eval_shape(model.apply, variables, images, tokens)
+  assert out.logits.shape == (1, size, size, k)
+  assert config.train.steps > 0 and config.setting in ("transductive", "inductive")
+
+
+def test_config_argument_and_override_typos_are_errors(tmp_path):
+  module = _load_config_module(ROOT / "configs" / "voc12_zs3.py")
+  with pytest.raises(ValueError, match=r"config argument 'settting=inductive'"):
+    module.get_config("settting=inductive")
+  with pytest.raises(ValueError, match="expected transductive or inductive"):
+    module.get_config("setting=semi")
+  result = subprocess.run([PYTHON, "-m", "zegot_jax.train", "--config", "configs/voc12_zs3.py",
+                           "--config.train.stpes=5", "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode != 0 and "stpes" in result.stderr
+
+
+def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
+  args = ["--config", "configs/shapes_zs3.py:runlocal=True", f"--config.data_dir={data_dir}",
+          "--workdir", str(tmp_path)]
+  trained = subprocess.run([PYTHON, "-m", "zegot_jax.train", *args], cwd=ROOT, capture_output=True, text=True,
+                           timeout=600)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  assert "hIoU" in trained.stdout
+  evaluated = subprocess.run([PYTHON, "-m", "zegot_jax.evaluate", *args, "--max_examples=4"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  result = json.loads((tmp_path / "eval_shapes_zs3_6.json").read_text())
+  logged = [r for r in _metrics(tmp_path) if "eval/hIoU" in r][-1]
+  # The CLI restored from orbax what training evaluated in memory: the same images give the same numbers.
+  for key in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU"):
+    assert result[key] == pytest.approx(logged[f"eval/{key}"], abs=1e-9)
+  assert set(result["report"]["per_class"]) == set(result["report"]["split"])

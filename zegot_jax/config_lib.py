@@ -1,0 +1,80 @@
+"""The settings every ZegOT config shares, and the argument parsing of `get_config(arg)`.
+
+A config file's `get_config(arg)` takes a comma-separated `key=value` string, given on the command line after
+a colon: `--config configs/voc12_zs3.py:setting=inductive,matching=none`. Unknown keys are an
+error. Any field can also be overridden directly: `--config.train.steps=1000`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Variant keys a config file accepts in its argument, with their defaults.
+VARIANTS = dict(setting="transductive", runlocal=False, matching="mpot", prompts="learnable", fusion_norm="sigmoid",
+                dense_features="tokens", num_prompts=4, context_length=8, ensemble_lambda=0.8)
+
+
+def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
+  """'setting=inductive,runlocal=True' → ConfigDict of the variants, typed like their defaults."""
+  values = dict(VARIANTS)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or key not in VARIANTS:
+      raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(VARIANTS)}")
+    default = VARIANTS[key]
+    if isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"config argument {key}={value!r}: expected True or False")
+      values[key] = value.lower() in ("true", "1")
+    else:
+      values[key] = type(default)(value)
+  if values["setting"] not in ("transductive", "inductive"):
+    raise ValueError(f"config argument setting={values['setting']!r}: expected transductive or inductive")
+  return ml_collections.ConfigDict(values)
+
+
+def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int, teacher: str,
+                image_size: int = 512) -> ml_collections.ConfigDict:
+  """The paper's settings (appendix B, C, F; DESIGN.md) for one dataset."""
+  c = ml_collections.ConfigDict()
+  c.dataset = dataset
+  c.data_dir = "~/tensorflow_datasets"
+  c.setting = variant.setting
+
+  c.clip = ml_collections.ConfigDict(dict(
+      path="openai/clip-vit-base-patch16",  # a checkpoint directory or hub id; "random-tiny" for smoke runs
+      image_size=image_size, dtype="bfloat16"))
+  c.model = ml_collections.ConfigDict(dict(
+      num_prompts=variant.num_prompts, context_length=variant.context_length, dfa_layers=(8, 9, 10, 11, 12),
+      ensemble_lambda=variant.ensemble_lambda, matching=variant.matching, prompts=variant.prompts,
+      fusion_norm=variant.fusion_norm, dense_features=variant.dense_features, decoder_features=32,
+      sinkhorn=ml_collections.ConfigDict(dict(epsilon=0.05, max_iterations=100, threshold=1e-4))))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=steps, batch_size=16, lr=2e-4, weight_decay=0.01, warmup_steps=1500, poly_power=0.9,
+      phase1_fraction=0.2, teacher=teacher, live_fraction=0.5, seed=0, num_workers=2,
+      log_every=50, checkpoint_every=2000, eval_every=steps // 4, eval_max_examples=0))
+  c.eval = ml_collections.ConfigDict(dict(
+      seen_bias=0.1 if variant.setting == "inductive" else 0.0,  # the peers' inductive calibration
+      batch_windows=0))  # 0: all windows of an image in one call
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,  # -1: all devices not used by fsdp
+      fsdp=1,  # > 1 splits the frozen CLIP's large matrices over this many devices
+      fsdp_min_size=2**16))  # matrices smaller than this stay replicated
+  if variant.runlocal:
+    apply_runlocal(c)
+  return c
+
+
+def apply_runlocal(c: ml_collections.ConfigDict) -> None:
+  """Shrinks everything for a smoke run on a laptop CPU (seconds): tiny random CLIP, tiny synthetic data."""
+  c.dataset = "shapes_zs3/tiny"
+  c.clip.path = "random-tiny"
+  c.clip.image_size = 64
+  c.clip.dtype = "float32"
+  c.model.dfa_layers = (1, 2)
+  c.model.num_prompts = 2
+  c.model.context_length = 2
+  c.model.decoder_features = 8
+  c.train.update(dict(steps=6, batch_size=4, warmup_steps=2, num_workers=0, log_every=1, checkpoint_every=3,
+                      eval_every=6, eval_max_examples=4))

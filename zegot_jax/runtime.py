@@ -1,0 +1,84 @@
+"""Setting up a run from its config: the device mesh, the frozen CLIP, the model and the datasets.
+
+Shared by training (`trainer.py`), evaluation (`evaluation.py`) and the command-line tools.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from zegot_jax.data import build as data_build
+from zegot_jax.data import registry
+from zegot_jax.models import clip_checkpoint, tiny_clip, zegot
+from zegot_jax.models.mpot import SinkhornConfig
+
+
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  fsdp = config.mesh.fsdp
+  data = config.mesh.data if config.mesh.data > 0 else jax.device_count() // fsdp
+  if data * fsdp != jax.device_count():
+    raise ValueError(f"mesh data={data} × fsdp={fsdp} does not match the {jax.device_count()} devices")
+  # Auto axes: shardings of inputs and params are given, XLA propagates the rest through the step.
+  return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+
+
+def clip_sharding(mesh: jax.sharding.Mesh, leaf: Any, min_size: int = 2**16) -> NamedSharding:
+  """Frozen CLIP matrices of at least `min_size` entries are split over the fsdp axis on their first dimension
+  (when it divides); the rest is replicated."""
+  fsdp = mesh.shape["fsdp"]
+  if fsdp > 1 and leaf.ndim >= 2 and leaf.shape[0] % fsdp == 0 and leaf.size >= min_size:
+    return NamedSharding(mesh, P("fsdp"))
+  return NamedSharding(mesh, P())
+
+
+def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
+  if config.clip.path == tiny_clip.RANDOM_TINY:
+    return str(tiny_clip.make_random_clip(workdir / "random_tiny_clip"))
+  return config.clip.path
+
+
+def model_config(config: ml_collections.ConfigDict) -> zegot.ZegOTConfig:
+  m = config.model
+  return zegot.ZegOTConfig(
+      num_prompts=m.num_prompts, context_length=m.context_length, dfa_layers=tuple(m.dfa_layers),
+      ensemble_lambda=m.ensemble_lambda, matching=m.matching, prompts=m.prompts, fusion_norm=m.fusion_norm,
+      dense_features=m.dense_features, decoder_features=m.decoder_features,
+      sinkhorn=SinkhornConfig(epsilon=m.sinkhorn.epsilon, max_iterations=m.sinkhorn.max_iterations,
+                              threshold=m.sinkhorn.threshold))
+
+
+def load_clip(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> clip_checkpoint.LoadedCLIP:
+  return clip_checkpoint.from_pretrained(resolve_clip_path(config, workdir), image_size=config.clip.image_size,
+                                         dtype=jnp.dtype(config.clip.dtype))
+
+
+def build_model(config: ml_collections.ConfigDict, clip: clip_checkpoint.LoadedCLIP) -> zegot.ZegOT:
+  return zegot.ZegOT(clip.config, model_config(config), dtype=jnp.dtype(config.clip.dtype))
+
+
+def open_dataset(config: ml_collections.ConfigDict, name: str | None = None) -> registry.Dataset:
+  """The built dataset; the synthetic world is built on first use, the benchmarks must be built by the user."""
+  name = name or config.dataset
+  data_dir = pathlib.Path(config.data_dir).expanduser()
+  if name.startswith("shapes_zs3") and not registry.make_builder(name, data_dir).is_prepared():
+    return data_build.build(name, data_dir)
+  return registry.load(name, data_dir)
+
+
+def maybe_initialize_distributed() -> None:
+  """jax.distributed.initialize() when launched as one of several processes (SLURM, TPU pods, or the
+  JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID variables that launch/local.sh sets)."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize(os.environ["JAX_COORDINATOR_ADDRESS"], int(os.environ["JAX_NUM_PROCESSES"]),
+                               int(os.environ["JAX_PROCESS_ID"]))
+  elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "TPU_WORKER_HOSTNAMES" in os.environ:
+    jax.distributed.initialize()
