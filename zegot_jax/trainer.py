@@ -297,10 +297,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                             data=ocp.args.JsonSave(iterator.get_state()),
                                             meta=ocp.args.JsonSave(meta)), force=True)
 
-  # Preemption: SIGTERM asks the loop to save and stop after the current step.
+  # Preemption: SIGTERM asks the loop to save and stop after the current step. With several processes, JAX's
+  # coordination service receives the signal and all processes agree on the step to stop at.
   stop = {"requested": False}
+  multi_process = jax.process_count() > 1
   previous_handler = signal.getsignal(signal.SIGTERM)
-  if is_main or jax.process_count() == 1:
+  if not multi_process:
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
 
   writer = MetricsWriter(workdir, start, enabled=is_main)
@@ -342,6 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                               tokenizer, mesh=mesh, max_examples=t.eval_max_examples)
         writer.write(done, {f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
         timer = time.perf_counter()
+      if multi_process and mngr.reached_preemption(done):
+        stop["requested"] = True
       if done % t.checkpoint_every == 0 or done == t.steps or stop["requested"]:
         save(done)
       if stop["requested"]:
@@ -351,7 +355,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     bar.close()
     writer.close()
     mngr.wait_until_finished()
-    if is_main or jax.process_count() == 1:
+    if not multi_process:
       signal.signal(signal.SIGTERM, previous_handler)
   params = jax.tree_util.tree_map(
       lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)) if jax.process_count() > 1
