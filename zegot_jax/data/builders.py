@@ -152,6 +152,13 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder):
   def _root(self, manual_dir: pathlib.Path) -> pathlib.Path:
     return manual_dir
 
+  def _voc_root(self, manual_dir: pathlib.Path, year_dir: str) -> pathlib.Path:
+    """<manual_dir>/VOCdevkit/<year_dir>, or <manual_dir> itself when it is that directory."""
+    for candidate in (manual_dir / "VOCdevkit" / year_dir, manual_dir):
+      if (candidate / "JPEGImages").is_dir():
+        return candidate
+    raise self.layout_error(f"no JPEGImages/ in {manual_dir}/VOCdevkit/{year_dir} or {manual_dir}")
+
   # --- shared --------------------------------------------------------------------------------------------------
   def layout_error(self, what: str) -> DatasetLayoutError:
     return DatasetLayoutError(f"{self.spec.name}: {what}.\nExpected layout of --manual_dir:\n{self.LAYOUT}")
@@ -222,10 +229,7 @@ class Voc12Zs3(SegmentationBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
 
   def _root(self, manual_dir):
-    for candidate in (manual_dir / "VOCdevkit" / "VOC2012", manual_dir):
-      if (candidate / "JPEGImages").is_dir():
-        return candidate
-    raise self.layout_error(f"no JPEGImages/ in {manual_dir}/VOCdevkit/VOC2012 or {manual_dir}")
+    return self._voc_root(manual_dir, "VOC2012")
 
   def _pairs(self, root, split):
     sets = root / "ImageSets" / "Segmentation"
@@ -264,10 +268,7 @@ class PascalContext59Zs3(SegmentationBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = LAYOUT
 
   def _root(self, manual_dir):
-    for candidate in (manual_dir / "VOCdevkit" / "VOC2010", manual_dir):
-      if (candidate / "JPEGImages").is_dir():
-        return candidate
-    raise self.layout_error(f"no JPEGImages/ in {manual_dir}/VOCdevkit/VOC2010 or {manual_dir}")
+    return self._voc_root(manual_dir, "VOC2010")
 
   def _pairs(self, root, split):
     name = {"train": "train.txt", "validation": "val.txt"}[split]
