@@ -244,6 +244,14 @@ def sliding_window_logits(logits_fn: Callable[[jax.Array], jax.Array], image: ja
   return (canvas / count[:, :, None])[:h, :w]
 
 
+def image_logits(window_logits: Callable[[jax.Array], jax.Array], image: np.ndarray, crop_size: int, stride: int,
+                 num_classes: int, output_size: tuple[int, int], batch_windows: int | None = None) -> jax.Array:
+  """Sliding-window logits of one (already resized) image, resized to `output_size` (H, W): (H, W, K)."""
+  logits = sliding_window_logits(window_logits, jnp.asarray(image), crop_size, stride, num_classes,
+                                 batch_windows=batch_windows)
+  return jax.image.resize(logits, (*output_size, num_classes), "bilinear")
+
+
 def evaluate_dataset(config: ml_collections.ConfigDict, model: zegot.ZegOT, params: Any, tokenizer, *,
                      mesh: jax.sharding.Mesh, dataset_name: str | None = None, max_examples: int = 0) -> dict:
   """Runs the protocol on the validation split of `dataset_name` (default: the config's dataset).
@@ -270,11 +278,8 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model: zegot.ZegOT, para
   accumulator = IoUAccumulator(num_classes)
   for i in tqdm(range(count), desc=f"eval {spec.name}", disable=jax.process_index() != 0, leave=False):
     ex = examples[i]
-    logits = sliding_window_logits(window_logits, jnp.asarray(ex["image"]), spec.crop_size,
-                                              spec.eval_stride, num_classes,
-                                              batch_windows=config.eval.batch_windows or None)
-    height, width = ex["label"].shape
-    logits = jax.image.resize(logits, (height, width, num_classes), "bilinear")  # back to the label's size
+    logits = image_logits(window_logits, ex["image"], spec.crop_size, spec.eval_stride, num_classes,
+                          ex["label"].shape, batch_windows=config.eval.batch_windows or None)
     pred = predict_labels(logits, jnp.asarray(seen_mask), config.eval.seen_bias)
     accumulator.add(*iou_counts(pred, jnp.asarray(ex["label"]), num_classes))
   intersection, union = accumulator.intersection, accumulator.union

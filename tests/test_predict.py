@@ -1,0 +1,77 @@
+"""Single-image prediction with any class list, from a trained run."""
+
+import importlib.util
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zegot_jax import predict, trainer
+from zegot_jax.data import shapes
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  spec = importlib.util.spec_from_file_location("shapes_config", ROOT / "configs" / "shapes_zs3.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("runlocal=True")
+  config.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config.train.update(dict(steps=2, checkpoint_every=2, eval_every=0))
+  workdir = tmp_path_factory.mktemp("run")
+  trainer.train_and_evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def image_path(tmp_path_factory):
+  image, _, _, _ = shapes.render_scene(np.random.default_rng(3), 80)
+  path = tmp_path_factory.mktemp("img") / "scene.png"
+  Image.fromarray(image[:, :72]).save(path)  # non-square, not a multiple of the patch size
+  return path
+
+
+def test_outputs_cover_the_image(run, image_path, tmp_path):
+  names = ["star", "ring", "a new class", "heart"]
+  summary = predict.predict(run, image_path, names, out=tmp_path)
+  labels = np.asarray(Image.open(tmp_path / "labels.png"))
+  assert labels.shape == (80, 72) and set(np.unique(labels)) <= set(range(4))
+  overlay = Image.open(tmp_path / "overlay.png")
+  assert overlay.mode == "RGB" and overlay.width == 160 and overlay.height > 80  # image above the legend
+  masks = [np.asarray(Image.open(p)) for p in sorted(tmp_path.glob("mask_*.png"))]
+  assert len(masks) == 4 and all(m.shape == (80, 72) for m in masks)
+  np.testing.assert_array_equal(sum((m == 255).astype(int) for m in masks), 1)  # a partition of the pixels
+  assert json.loads((tmp_path / "summary.json").read_text())["coverage"] == summary["coverage"]
+  assert sum(summary["coverage"].values()) == pytest.approx(1.0)
+
+
+def test_permuting_the_class_list_keeps_every_pixel_name(run, image_path, tmp_path):
+  names = ["star", "ring", "heart", "square", "cross"]
+  order = [3, 0, 4, 1, 2]
+  predict.predict(run, image_path, names, out=tmp_path / "a")
+  predict.predict(run, image_path, [names[i] for i in order], out=tmp_path / "b")
+  a = np.asarray(Image.open(tmp_path / "a" / "labels.png"))
+  b = np.asarray(Image.open(tmp_path / "b" / "labels.png"))
+  np.testing.assert_array_equal(np.asarray(names)[a], np.asarray([names[i] for i in order])[b])
+
+
+def test_threshold_leaves_uncertain_pixels_unassigned(run, image_path, tmp_path):
+  summary = predict.predict(run, image_path, ["star", "ring"], threshold=1.0, out=tmp_path)
+  assert summary["unassigned"] == 1.0
+  assert (np.asarray(Image.open(tmp_path / "labels.png")) == predict.UNASSIGNED).all()
+
+
+def test_bad_inputs_are_named(run, image_path, tmp_path):
+  with pytest.raises(FileNotFoundError, match="nothing.png does not exist"):
+    predict.predict(run, tmp_path / "nothing.png", ["star"])
+  (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+  with pytest.raises(ValueError, match=r"broken\.png: not a readable image"):
+    predict.predict(run, tmp_path / "broken.png", ["star"])
+  with pytest.raises(ValueError, match="repeat"):
+    predict.predict(run, image_path, ["star", "Star"])
+  with pytest.raises(FileNotFoundError, match=r"config\.json does not exist"):
+    predict.predict(tmp_path, image_path, ["star"])

@@ -1,0 +1,164 @@
+r"""Segments any image with any list of class names, using a trained run.
+
+  python -m zegot_jax.predict --workdir runs/demo --image photo.png --classes "star,ring,cat"
+  python -m zegot_jax.predict --workdir runs/voc --image street.jpg --classes "car,person,tree" --threshold 0.3
+
+Writes, in --out (default: <workdir>/predictions/<image name>/):
+  overlay.png        the image with every class coloured, and a legend with the class names
+  labels.png         the class index of every pixel (255 where no class passed --threshold)
+  mask_<class>.png   one black/white mask per class
+  summary.json       the fraction of the image each class covers
+
+The run's config is read from <workdir>/config.json (written by training) unless --config is given. The image is
+resized so its short side is the run's input size, segmented with sliding windows, and the per-class sigmoid
+scores are resized back to the original image.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from PIL import Image, ImageDraw, ImageFont
+
+from zegot_jax import evaluation, runtime, trainer
+from zegot_jax.data import augment
+from zegot_jax.models import prompts, zegot
+
+UNASSIGNED = 255
+
+
+def palette(n: int) -> np.ndarray:
+  """n well-separated RGB colours (golden-ratio hues)."""
+  hues = (np.arange(n) * 0.618033988749895) % 1.0
+  rgb = []
+  for h in hues:
+    i, f = int(h * 6), h * 6 - int(h * 6)
+    v, s = 0.95, 0.75
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    rgb.append([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i % 6])
+  return (np.asarray(rgb) * 255).astype(np.uint8)
+
+
+def read_image(path: str | pathlib.Path) -> np.ndarray:
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"image {path} does not exist")
+  try:
+    with Image.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for corrupt files)
+    raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def load_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  path = workdir / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist: --workdir must be a training run's directory "
+                            f"(or pass --config)")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def render_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.55) -> Image.Image:
+  """The image with each class's pixels tinted, above a legend of the classes present (and their share)."""
+  colours = palette(len(class_names))
+  tinted = image.astype(np.float32)
+  assigned = labels != UNASSIGNED
+  tinted[assigned] = (1 - alpha) * tinted[assigned] + alpha * colours[labels[assigned]]
+  overlay = Image.fromarray(tinted.astype(np.uint8))
+  present = [(k, float((labels == k).mean())) for k in range(len(class_names)) if (labels == k).any()]
+  font = ImageFont.load_default()
+  row = 16
+  legend = Image.new("RGB", (max(overlay.width, 160), row * max(len(present), 1) + 4), (255, 255, 255))
+  draw = ImageDraw.Draw(legend)
+  for i, (k, share) in enumerate(present):
+    y = 2 + i * row
+    draw.rectangle([4, y + 2, 16, y + 13], fill=tuple(int(c) for c in colours[k]))
+    draw.text((22, y + 1), f"{class_names[k]} ({100 * share:.1f}%)", fill=(0, 0, 0), font=font)
+  canvas = Image.new("RGB", (max(overlay.width, legend.width), overlay.height + legend.height), (255, 255, 255))
+  canvas.paste(overlay, (0, 0))
+  canvas.paste(legend, (0, overlay.height))
+  return canvas
+
+
+def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_names: list[str], *,
+            config: ml_collections.ConfigDict | None = None, step: int | None = None, threshold: float = 0.0,
+            out: str | pathlib.Path | None = None) -> dict:
+  """Segments one image; writes the files listed in the module docstring and returns the summary."""
+  workdir = pathlib.Path(workdir).expanduser()
+  config = config or load_run_config(workdir)
+  names = prompts.check_class_names(class_names)
+  image = read_image(image_path)
+
+  mesh = runtime.make_mesh(config)
+  replicated = NamedSharding(mesh, P())
+  clip = runtime.load_clip(config, workdir)
+  model = runtime.build_model(config, clip)
+  tokenizer = prompts.load_tokenizer(clip.path)
+  tokens = jax.device_put(zegot.class_tokens(tokenizer, names, model.config), replicated)
+  abstract = jax.eval_shape(lambda: zegot.init_trainable(model, jax.random.key(0), tokens))
+  abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
+  trainable, step = trainer.restore_params(workdir, config, abstract, step)
+  params = zegot.merge_params(trainable, clip.params)
+  text = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_classes"))(params, tokens)
+
+  @jax.jit
+  def window_logits(windows):  # (n, crop, crop, 3) uint8 → (n, crop, crop, K)
+    return model.apply({"params": params}, windows, text, method="segment")[0].logits
+
+  size = config.clip.image_size
+  resized = augment.resize_short_side(image, size)
+  logits = evaluation.image_logits(window_logits, resized, size, max(1, 2 * size // 3), len(names),
+                                   image.shape[:2])
+  scores = np.asarray(jax.nn.sigmoid(logits))  # (H, W, K) per-class probabilities
+  labels = np.asarray(evaluation.predict_labels(jnp.asarray(logits))).astype(np.uint8)
+  labels[scores.max(axis=-1) < threshold] = UNASSIGNED
+
+  out = pathlib.Path(out) if out else workdir / "predictions" / pathlib.Path(image_path).stem
+  out.mkdir(parents=True, exist_ok=True)
+  render_overlay(image, labels, names).save(out / "overlay.png")
+  Image.fromarray(labels).save(out / "labels.png")
+  for k, name in enumerate(names):
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(out / f"mask_{k:03d}_{safe}.png")
+  summary = dict(image=str(image_path), step=step, classes=names, threshold=threshold,
+                 coverage={name: float((labels == k).mean()) for k, name in enumerate(names)},
+                 unassigned=float((labels == UNASSIGNED).mean()), out=str(out))
+  (out / "summary.json").write_text(json.dumps(summary, indent=2))
+  return summary
+
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a training run's directory")
+_IMAGE = flags.DEFINE_string("image", None, "the image to segment")
+_CLASSES = flags.DEFINE_list("classes", None, "comma-separated class names, e.g. 'star,ring,cat'")
+_THRESHOLD = flags.DEFINE_float("threshold", 0.0, "pixels whose best class probability is below stay unassigned")
+_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
+_OUT = flags.DEFINE_string("out", None, "output directory (default: <workdir>/predictions/<image name>)")
+_CONFIG_PATH = flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  config = None
+  if _CONFIG_PATH.value:
+    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+    config = config_flags.load_config_file(_CONFIG_PATH.value)
+  summary = predict(_WORKDIR.value, _IMAGE.value, _CLASSES.value, config=config, step=_STEP.value,
+                    threshold=_THRESHOLD.value, out=_OUT.value)
+  for name, share in sorted(summary["coverage"].items(), key=lambda kv: -kv[1]):
+    print(f"{name:<24} {100 * share:6.2f}%")
+  print(f"unassigned               {100 * summary['unassigned']:6.2f}%\nwritten to {summary['out']}")
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["workdir", "image", "classes"])
+  app.run(main)
