@@ -12,6 +12,7 @@ mean of the seen and unseen means, hIoU = 2·S·U / (S + U), is the zero-shot he
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -244,6 +245,21 @@ def sliding_window_logits(logits_fn: Callable[[jax.Array], jax.Array], image: ja
   return (canvas / count[:, :, None])[:h, :w]
 
 
+@functools.lru_cache(maxsize=8)
+def encode_classes(model: zegot.ZegOT) -> Callable[[Any, jax.Array], jax.Array]:
+  """Jitted (params, class tokens) → text embeddings (K, N, D), cached per model."""
+  return jax.jit(lambda params, tokens: model.apply({"params": params}, tokens, method="encode_classes"))
+
+
+@functools.lru_cache(maxsize=8)
+def segment_windows(model: zegot.ZegOT) -> Callable[[Any, jax.Array, jax.Array], jax.Array]:
+  """Jitted (params, text, windows (n, crop, crop, 3)) → Y* logits (n, crop, crop, K). Params and text are
+  arguments, not constants captured by the compiled program; one function per model (cached), so periodic
+  evaluations during training reuse its compilation."""
+  return jax.jit(lambda params, text, windows: model.apply({"params": params}, windows, text,
+                                                           method="segment")[0].logits)
+
+
 def image_logits(window_logits: Callable[[jax.Array], jax.Array], image: np.ndarray, crop_size: int, stride: int,
                  num_classes: int, output_size: tuple[int, int], batch_windows: int | None = None) -> jax.Array:
   """Sliding-window logits of one (already resized) image, resized to `output_size` (H, W): (H, W, K)."""
@@ -264,12 +280,9 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model: zegot.ZegOT, para
   num_classes = len(spec.classes)
   replicated = NamedSharding(mesh, P())
   tokens = jax.device_put(zegot.class_tokens(tokenizer, spec.classes, model.config), replicated)
-  text = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_classes"))(params, tokens)  # once
+  text = encode_classes(model)(params, tokens)  # once per evaluation
 
-  @jax.jit
-  def window_logits(windows):  # (n, crop, crop, 3) uint8 → (n, crop, crop, K) Y*
-    out, _ = model.apply({"params": params}, windows, text, method="segment")
-    return out.logits
+  window_logits = functools.partial(segment_windows(model), params, text)
 
   seen_mask = np.zeros(num_classes, bool)
   seen_mask[list(spec.seen)] = True

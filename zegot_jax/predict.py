@@ -16,6 +16,7 @@ scores are resized back to the original image.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import re
@@ -108,12 +109,9 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
   abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
   trainable, step = trainer.restore_params(workdir, config, abstract, step)
   params = zegot.merge_params(trainable, clip.params)
-  text = jax.jit(lambda p, t: model.apply({"params": p}, t, method="encode_classes"))(params, tokens)
+  text = evaluation.encode_classes(model)(params, tokens)
 
-  @jax.jit
-  def window_logits(windows):  # (n, crop, crop, 3) uint8 → (n, crop, crop, K)
-    return model.apply({"params": params}, windows, text, method="segment")[0].logits
-
+  window_logits = functools.partial(evaluation.segment_windows(model), params, text)
   size = config.clip.image_size
   resized = augment.resize_short_side(image, size)
   logits = evaluation.image_logits(window_logits, resized, size, max(1, 2 * size // 3), len(names),
