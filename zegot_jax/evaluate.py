@@ -18,8 +18,6 @@ import pathlib
 
 import jax
 from absl import app, flags, logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from ml_collections import config_flags
 
 from zegot_jax import evaluation, runtime, trainer
@@ -42,15 +40,10 @@ def main(argv):
   clip = runtime.load_clip(config, workdir)
   model = runtime.build_model(config, clip)
   tokenizer = prompts.load_tokenizer(clip.path)
-  replicated = NamedSharding(mesh, P())
-  abstract = jax.eval_shape(lambda: zegot.init_trainable(model, jax.random.key(0),
-                                                         zegot.class_tokens(tokenizer, ["x"], model.config)))
-  abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
-  trainable, step = trainer.restore_params(workdir, config, abstract, _STEP.value)
-  clip_params = jax.tree_util.tree_map(
-      lambda a: jax.device_put(a, runtime.clip_sharding(mesh, a, config.mesh.fsdp_min_size)), clip.params)
-  result = evaluation.evaluate_dataset(config, model, zegot.merge_params(trainable, clip_params), tokenizer, mesh=mesh,
-                            dataset_name=_DATASET.value, max_examples=_MAX_EXAMPLES.value)
+  trainable, step = trainer.restore_params(workdir, config, model, mesh, _STEP.value)
+  clip_params = runtime.shard_clip_params(clip.params, mesh, config)
+  result = evaluation.evaluate_dataset(config, model, zegot.merge_params(trainable, clip_params), tokenizer,
+                                       mesh=mesh, dataset_name=_DATASET.value, max_examples=_MAX_EXAMPLES.value)
   if jax.process_index() == 0:
     out = workdir / f"eval_{result['dataset']}_{step}.json"
     out.write_text(json.dumps({"step": step, **result}, indent=2))

@@ -105,10 +105,8 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
   model = runtime.build_model(config, clip)
   tokenizer = prompts.load_tokenizer(clip.path)
   tokens = jax.device_put(zegot.class_tokens(tokenizer, names, model.config), replicated)
-  abstract = jax.eval_shape(lambda: zegot.init_trainable(model, jax.random.key(0), tokens))
-  abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), abstract)
-  trainable, step = trainer.restore_params(workdir, config, abstract, step)
-  params = zegot.merge_params(trainable, clip.params)
+  trainable, step = trainer.restore_params(workdir, config, model, mesh, step)
+  params = zegot.merge_params(trainable, runtime.shard_clip_params(clip.params, mesh, config))
   text = evaluation.encode_classes(model)(params, tokens)
 
   window_logits = functools.partial(evaluation.segment_windows(model), params, text)

@@ -38,6 +38,12 @@ def clip_sharding(mesh: jax.sharding.Mesh, leaf: Any, min_size: int = 2**16) -> 
   return NamedSharding(mesh, P())
 
 
+def shard_clip_params(clip_params: Any, mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict) -> Any:
+  """The frozen CLIP params placed on the mesh by `clip_sharding`."""
+  return jax.tree_util.tree_map(
+      lambda a: jax.device_put(a, clip_sharding(mesh, a, config.mesh.fsdp_min_size)), clip_params)
+
+
 def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
   if config.clip.path == tiny_clip.RANDOM_TINY:
     return str(tiny_clip.make_random_clip(workdir / "random_tiny_clip"))

@@ -168,9 +168,17 @@ def checkpoint_manager(workdir: pathlib.Path, max_to_keep: int = 3) -> ocp.Check
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False))
 
 
-def restore_params(workdir: pathlib.Path, config: ml_collections.ConfigDict, abstract_params: Any,
-                   step: int | None = None) -> tuple[Any, int]:
-  """Trainable params of a checkpoint (latest or `step`), after checking it matches the config."""
+def restore_params(workdir: pathlib.Path, config: ml_collections.ConfigDict, model: zegot.ZegOT,
+                   mesh: jax.sharding.Mesh, step: int | None = None) -> tuple[Any, int]:
+  """Trainable params of a checkpoint (latest or `step`), replicated over `mesh`, after checking that the
+  checkpoint matches the config's model and CLIP."""
+  replicated = NamedSharding(mesh, P())
+  tokens = np.zeros((1, 2 + model.config.context_length), np.int32)  # shapes only: no class list needed
+  if model.config.prompts == "handcrafted":
+    tokens = np.zeros((1, model.config.n_prompts, 2), np.int32)
+  abstract_params = jax.tree_util.tree_map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
+      jax.eval_shape(lambda: zegot.init_trainable(model, jax.random.key(0), tokens)))
   mngr = checkpoint_manager(workdir)
   step = mngr.latest_step() if step is None else step
   if step is None or step not in mngr.all_steps():
@@ -252,8 +260,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   tokenizer = prompts.load_tokenizer(clip.path)
   tokens = jax.device_put(zegot.class_tokens(tokenizer, [spec.classes[i] for i in classes], model.config),
                           replicated)
-  clip_params = jax.tree_util.tree_map(
-      lambda a: jax.device_put(a, runtime.clip_sharding(mesh, a, config.mesh.fsdp_min_size)), clip.params)
+  clip_params = runtime.shard_clip_params(clip.params, mesh, config)
 
   # Optimizer and state, initialized directly into their (replicated) shardings.
   optimizer, lr_schedule = make_optimizer(config)

@@ -1,6 +1,5 @@
 """Each benchmark builder on a miniature directory in the real layout, built and read back."""
 
-import io
 import pathlib
 
 import numpy as np
@@ -9,7 +8,7 @@ from PIL import Image
 
 from zegot_jax.data import build, registry
 from zegot_jax.data.builders import DatasetContentError, DatasetLayoutError
-from zegot_jax.data.classes import COCO_UNUSED_IDS0, IGNORE_INDEX
+from zegot_jax.data.classes import COCO_UNUSED_IDS0
 
 RNG = np.random.default_rng(0)
 

@@ -1,6 +1,5 @@
 """MPOT: the ott-jax Sinkhorn against an independent log-domain Sinkhorn, its gradients, batching, stability."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,6 @@ import pytest
 
 from zegot_jax.models import clip_checkpoint, prompts, zegot
 from zegot_jax.models.losses import segmentation_loss
-from zegot_jax.models.mpot import SinkhornConfig
 
 CLASSES = ["cat", "dog", "potted plant", "sheep", "tv monitor"]
 BASE = zegot.ZegOTConfig(dfa_layers=(1, 2, 3), context_length=4, num_prompts=3, decoder_features=8)

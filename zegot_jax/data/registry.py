@@ -5,7 +5,6 @@ from __future__ import annotations
 import pathlib
 from typing import Any, NamedTuple
 
-import tensorflow_datasets as tfds
 
 from zegot_jax.data.builders import BUILDERS, SegmentationBuilder
 from zegot_jax.data.classes import DatasetSpec
