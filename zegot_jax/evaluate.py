@@ -21,8 +21,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from zegot_jax import evaluation, runtime, trainer
-from zegot_jax.models import prompts, zegot
-
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "the run's config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
@@ -36,14 +34,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO; --verbosity=0 brings them back
   runtime.maybe_initialize_distributed()
   config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value).expanduser()
-  mesh = runtime.make_mesh(config)
-  clip = runtime.load_clip(config, workdir)
-  model = runtime.build_model(config, clip)
-  tokenizer = prompts.load_tokenizer(clip.path)
-  trainable, step = trainer.restore_params(workdir, config, model, mesh, _STEP.value)
-  clip_params = runtime.shard_clip_params(clip.params, mesh, config)
-  result = evaluation.evaluate_dataset(config, model, zegot.merge_params(trainable, clip_params), tokenizer,
-                                       mesh=mesh, dataset_name=_DATASET.value, max_examples=_MAX_EXAMPLES.value)
+  run = trainer.load_run(workdir, config, _STEP.value)
+  step = run.step
+  result = evaluation.evaluate_dataset(config, run.model, run.params, run.tokenizer, mesh=run.mesh,
+                                       dataset_name=_DATASET.value, max_examples=_MAX_EXAMPLES.value)
   if jax.process_index() == 0:
     out = workdir / f"eval_{result['dataset']}_{step}.json"
     out.write_text(json.dumps({"step": step, **result}, indent=2))

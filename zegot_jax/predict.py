@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image, ImageDraw, ImageFont
 
-from zegot_jax import evaluation, runtime, trainer
+from zegot_jax import evaluation, trainer
 from zegot_jax.data import augment
 from zegot_jax.models import prompts, zegot
 
@@ -99,17 +99,12 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
   names = prompts.check_class_names(class_names)
   image = read_image(image_path)
 
-  mesh = runtime.make_mesh(config)
-  replicated = NamedSharding(mesh, P())
-  clip = runtime.load_clip(config, workdir)
-  model = runtime.build_model(config, clip)
-  tokenizer = prompts.load_tokenizer(clip.path)
-  tokens = jax.device_put(zegot.class_tokens(tokenizer, names, model.config), replicated)
-  trainable, step = trainer.restore_params(workdir, config, model, mesh, step)
-  params = zegot.merge_params(trainable, runtime.shard_clip_params(clip.params, mesh, config))
-  text = evaluation.encode_classes(model)(params, tokens)
+  run = trainer.load_run(workdir, config, step)
+  tokens = jax.device_put(zegot.class_tokens(run.tokenizer, names, run.model.config),
+                          NamedSharding(run.mesh, P()))
+  text = evaluation.encode_classes(run.model)(run.params, tokens)
 
-  window_logits = functools.partial(evaluation.segment_windows(model), params, text)
+  window_logits = functools.partial(evaluation.segment_windows(run.model), run.params, text)
   size = config.clip.image_size
   resized = augment.resize_short_side(image, size)
   logits = evaluation.image_logits(window_logits, resized, size, max(1, 2 * size // 3), len(names),
@@ -125,36 +120,41 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
   for k, name in enumerate(names):
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
     Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(out / f"mask_{k:03d}_{safe}.png")
-  summary = dict(image=str(image_path), step=step, classes=names, threshold=threshold,
+  summary = dict(image=str(image_path), step=run.step, classes=names, threshold=threshold,
                  coverage={name: float((labels == k).mean()) for k, name in enumerate(names)},
                  unassigned=float((labels == UNASSIGNED).mean()), out=str(out))
   (out / "summary.json").write_text(json.dumps(summary, indent=2))
   return summary
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "a training run's directory")
-_IMAGE = flags.DEFINE_string("image", None, "the image to segment")
-_CLASSES = flags.DEFINE_list("classes", None, "comma-separated class names, e.g. 'star,ring,cat'")
-_THRESHOLD = flags.DEFINE_float("threshold", 0.0, "pixels whose best class probability is below stay unassigned")
-_STEP = flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)")
-_OUT = flags.DEFINE_string("out", None, "output directory (default: <workdir>/predictions/<image name>)")
-_CONFIG_PATH = flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)")
+def _define_flags() -> dict:
+  """The CLI's flags, defined only when run as a program (so that importing this module defines none)."""
+  return dict(
+      workdir=flags.DEFINE_string("workdir", None, "a training run's directory"),
+      image=flags.DEFINE_string("image", None, "the image to segment"),
+      classes=flags.DEFINE_list("classes", None, "comma-separated class names, e.g. 'star,ring,cat'"),
+      threshold=flags.DEFINE_float("threshold", 0.0, "pixels whose best class probability is below stay unassigned"),
+      step=flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)"),
+      out=flags.DEFINE_string("out", None, "output directory (default: <workdir>/predictions/<image name>)"),
+      config=flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)"),
+  )
 
 
-def main(argv):
+def main(argv, f: dict):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = None
-  if _CONFIG_PATH.value:
+  if f["config"].value:
     from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    config = config_flags.load_config_file(_CONFIG_PATH.value)
-  summary = predict(_WORKDIR.value, _IMAGE.value, _CLASSES.value, config=config, step=_STEP.value,
-                    threshold=_THRESHOLD.value, out=_OUT.value)
+    config = config_flags.load_config_file(f["config"].value)
+  summary = predict(f["workdir"].value, f["image"].value, f["classes"].value, config=config, step=f["step"].value,
+                    threshold=f["threshold"].value, out=f["out"].value)
   for name, share in sorted(summary["coverage"].items(), key=lambda kv: -kv[1]):
     print(f"{name:<24} {100 * share:6.2f}%")
   print(f"unassigned               {100 * summary['unassigned']:6.2f}%\nwritten to {summary['out']}")
 
 
 if __name__ == "__main__":
+  _flags = _define_flags()
   flags.mark_flags_as_required(["workdir", "image", "classes"])
-  app.run(main)
+  app.run(functools.partial(main, f=_flags))

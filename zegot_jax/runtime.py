@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from zegot_jax.data import build as data_build
 from zegot_jax.data import registry
-from zegot_jax.models import clip_checkpoint, tiny_clip, zegot
+from zegot_jax.models import clip_checkpoint, mini_clip, tiny_clip, zegot
 from zegot_jax.models.mpot import SinkhornConfig
 
 
@@ -45,8 +45,17 @@ def shard_clip_params(clip_params: Any, mesh: jax.sharding.Mesh, config: ml_coll
 
 
 def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
+  """clip.path, with the two built-in names: "random-tiny" (written into the workdir) and "mini-shapes" (the
+  demo's CLIP, shipped in the package)."""
   if config.clip.path == tiny_clip.RANDOM_TINY:
     return str(tiny_clip.make_random_clip(workdir / "random_tiny_clip"))
+  if config.clip.path == mini_clip.MINI_CLIP:
+    path = mini_clip.shipped_path()
+    if not (path / "model.safetensors").is_file():
+      raise FileNotFoundError(f"clip.path={mini_clip.MINI_CLIP!r}: the shipped checkpoint is missing from {path}; "
+                              f"reinstall the package or rebuild it with "
+                              f"`python -m zegot_jax.tools.pretrain_mini_clip --out {path}`")
+    return str(path)
   return config.clip.path
 
 
@@ -56,6 +65,8 @@ def model_config(config: ml_collections.ConfigDict) -> zegot.ZegOTConfig:
       num_prompts=m.num_prompts, context_length=m.context_length, dfa_layers=tuple(m.dfa_layers),
       ensemble_lambda=m.ensemble_lambda, matching=m.matching, prompts=m.prompts, fusion_norm=m.fusion_norm,
       dense_features=m.dense_features, decoder_features=m.decoder_features,
+      global_alignment=m.get("global_alignment", True),
+      templates=tuple(m.get("templates", zegot.HANDCRAFTED_TEMPLATES)),
       sinkhorn=SinkhornConfig(epsilon=m.sinkhorn.epsilon, max_iterations=m.sinkhorn.max_iterations,
                               threshold=m.sinkhorn.threshold))
 

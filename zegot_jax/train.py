@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zegot_jax import evaluation, runtime, trainer
+from zegot_jax import evaluation, pictures, runtime, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/voc12_zs3.py[:variants]",
                                           lock_config=True)
@@ -25,10 +25,16 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO; --verbosity=0 brings them back
   runtime.maybe_initialize_distributed()
-  result = trainer.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  if jax.process_index() == 0 and result["eval"]:
+  config = _CONFIG.value
+  result = trainer.train_and_evaluate(config, _WORKDIR.value)
+  if jax.process_index() != 0 or result["stopped"]:
+    return
+  if result["eval"]:
     print(evaluation.format_table(result["eval"]["report"]))
     print(f"step {result['step']}: evaluated on {result['eval']['examples']} images of {result['eval']['dataset']}")
+  if config.get("pictures") and config.pictures.num_images > 0 and jax.process_count() == 1:
+    paths = pictures.write_pictures(_WORKDIR.value, config, num_images=config.pictures.num_images)
+    print(f"pictures: {paths[0]} (input | ground truth | prediction | per-prompt score maps of an unseen class)")
 
 
 if __name__ == "__main__":

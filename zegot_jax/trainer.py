@@ -17,7 +17,7 @@ import pathlib
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax
 import jax
@@ -191,6 +191,27 @@ def restore_params(workdir: pathlib.Path, config: ml_collections.ConfigDict, mod
       item=target, restore_args=jax.tree_util.tree_map(
           lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target), partial_restore=True)))
   return restored["state"]["params"], step
+
+
+class TrainedRun(NamedTuple):
+  """A trained run restored for inference: everything evaluation, prediction and pictures need."""
+
+  model: zegot.ZegOT
+  params: Any  # the full tree (trainable + "clip"), on `mesh`
+  tokenizer: Any
+  mesh: jax.sharding.Mesh
+  step: int
+
+
+def load_run(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, step: int | None = None) -> TrainedRun:
+  """The frozen CLIP and the trainable params of a checkpoint (latest or `step`) of the run in `workdir`."""
+  workdir = pathlib.Path(workdir).expanduser()
+  mesh = runtime.make_mesh(config)
+  clip = runtime.load_clip(config, workdir)
+  model = runtime.build_model(config, clip)
+  trainable, step = restore_params(workdir, config, model, mesh, step)
+  params = zegot.merge_params(trainable, runtime.shard_clip_params(clip.params, mesh, config))
+  return TrainedRun(model, params, prompts.load_tokenizer(clip.path), mesh, step)
 
 
 # ----------------------------------------------------------------------------------------------- logging

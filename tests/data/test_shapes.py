@@ -166,6 +166,8 @@ def test_caption_examples():
   assert caption([star, ring], "striped") == "a red star and a green ring on a striped background"
   assert caption([star, cross, ring], "plain") == "a red star, a blue cross and a green ring on a plain background"
   assert caption([circle], "dotted") == "an orange circle on a dotted background"
+  assert caption([star, circle], None, colours=False) == "a star and a circle"
+  assert caption([circle, ring], "plain", colours=False) == "a circle and a ring on a plain background"
 
 
 def parse_caption(text: str) -> tuple[list[tuple[str, str]], str]:

@@ -434,23 +434,26 @@ def _article(word: str) -> str:
   return "an" if word[0] in "aeiou" else "a"
 
 
-def caption(objects: Sequence[ShapeObject], background: str, rng: np.random.Generator | None = None) -> str:
+def caption(objects: Sequence[ShapeObject], background: str | None, rng: np.random.Generator | None = None,
+            *, colours: bool = True) -> str:
   """Describes a scene, e.g. 'a red star, a blue cross and a green ring on a plain background'.
 
   Args:
-    objects: the visible objects; each is named by its colour and category.
-    background: the background's name.
+    objects: the visible objects; each is named by its category, after its colour when `colours`.
+    background: the background's name; None leaves the background out ('a red star and a green ring').
     rng: when given, the objects are named in a random order; otherwise in drawing order.
+    colours: name each object's colour.
 
   Returns:
-    The caption; 'nothing on a <background> background' when there are no objects.
+    The caption; 'nothing on a <background> background' (or 'nothing') when there are no objects.
   """
   order = list(objects) if rng is None else [objects[i] for i in rng.permutation(len(objects))]
-  phrases = [f"{_article(o.colour)} {o.colour} {CATEGORIES[o.category]}" for o in order]
+  names = [f"{o.colour} {CATEGORIES[o.category]}" if colours else CATEGORIES[o.category] for o in order]
+  phrases = [f"{_article(n)} {n}" for n in names]
   if not phrases:
     subject = "nothing"
   elif len(phrases) == 1:
     subject = phrases[0]
   else:
     subject = ", ".join(phrases[:-1]) + " and " + phrases[-1]
-  return f"{subject} on a {background} background"
+  return subject if background is None else f"{subject} on a {background} background"

@@ -43,6 +43,8 @@ class ShapesZs3(SegmentationBuilder):
   LAYOUT = "(no manual directory: the builder renders the scenes itself)"
   BUILDER_CONFIGS = [
       ShapesConfig(name="default", description="2,000 train / 300 validation scenes of 96x96"),
+      ShapesConfig(name="demo", description="1,000 / 200 scenes of 64x64, the offline demo's world",
+                   image_size=64, train_size=1000, validation_size=200),
       ShapesConfig(name="tiny", description="40 / 10 scenes of 64x64, for tests", image_size=64,
                    train_size=40, validation_size=10),
   ]

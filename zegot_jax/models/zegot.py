@@ -54,6 +54,7 @@ class ZegOTConfig:
   templates: tuple[str, ...] = HANDCRAFTED_TEMPLATES  # for prompts="handcrafted"
   fusion_norm: str = "sigmoid"  # Table 11: sigmoid | minmax
   dense_features: str = "tokens"  # tokens: f_i → ln_post → proj; maskclip: the last layer's value embeddings
+  global_alignment: bool = True  # False: g_GA = g (no Q); with matching="none" and λ = 1 this is frozen CLIP alone
   decoder_features: int = 32
   aspp_rates: tuple[int, ...] = (2, 4, 6)
   context_init_std: float = 0.02  # CoOp's random initialization of the contexts
@@ -151,7 +152,8 @@ class ZegOT(nn.Module):
     if c.prompts == "learnable":
       self.context = self.param("context", nn.initializers.normal(c.context_init_std),
                                 (c.num_prompts, c.context_length, clip_config.text.hidden_size), jnp.float32)
-    self.global_alignment = nn.Dense(d, dtype=self.dtype)  # Q of GA: 2D → D
+    if c.global_alignment:
+      self.global_alignment = nn.Dense(d, dtype=self.dtype)  # Q of GA: 2D → D
     if c.matching == "self_attention":  # Table 4b's learnable alternative to MPOT
       self.match_query = nn.Dense(d, dtype=self.dtype)
       self.match_key = nn.Dense(d, dtype=self.dtype)
@@ -193,8 +195,9 @@ class ZegOT(nn.Module):
     f, f_bar, (height, width) = features.f, features.f_bar, features.image_size
     b = f_bar.shape[0]
     g = jnp.broadcast_to(text[None], (b, *text.shape))  # (B, K, N, D)
-    g_ga = self.global_alignment(jnp.concatenate([f_bar[:, None, None, :] * g, g], axis=-1))  # GA
-    g_ga = l2_normalize(g_ga).astype(jnp.float32)  # (B, K, N, D)
+    if c.global_alignment:
+      g = self.global_alignment(jnp.concatenate([f_bar[:, None, None, :] * g, g], axis=-1))  # GA
+    g_ga = l2_normalize(g).astype(jnp.float32)  # (B, K, N, D)
 
     scores = jnp.einsum("lbhwd,bknd->lbhwkn", f, g_ga)  # S_i, eq. 5: (d, B, h, w, K, N)
     refined, plans, iterations = self._match(scores, f, g_ga)  # S*_i, eq. 7

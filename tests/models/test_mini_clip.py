@@ -1,0 +1,88 @@
+"""The demo's mini-CLIP: its caption tokenizer, the shipped checkpoint's zero-shot accuracy, and that the
+pretraining script reproduces it."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import transformers
+
+from zegot_jax.data import shapes
+from zegot_jax.models import clip_checkpoint, mini_clip, prompts
+from zegot_jax.tools import pretrain_mini_clip
+
+SHIPPED = mini_clip.shipped_path()
+# Zero-shot top-1 accuracy of the shipped mini-CLIP on single-object images (chance: 1/12 = 8.3%).
+MIN_MEAN_ACCURACY = 0.80
+MIN_CLASS_ACCURACY = 0.50
+
+
+def test_every_caption_word_is_one_token_and_files_round_trip(tmp_path):
+  tokenizer = mini_clip.caption_tokenizer()
+  for word in mini_clip.caption_words():
+    assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+  tokenizer.save_pretrained(tmp_path)
+  loaded = prompts.load_tokenizer(tmp_path)
+  assert isinstance(loaded, transformers.CLIPTokenizer)
+  texts = ["a red star, a blue ring and a heart on a striped background.", "X X X X heart.", "a teapot."]
+  assert loaded(texts)["input_ids"] == tokenizer(texts)["input_ids"]
+  assert loaded("a teapot.")["input_ids"][2:-2] != []  # an unknown word is still spelled out
+  again = tmp_path / "again"
+  mini_clip.caption_tokenizer().save_pretrained(again)
+  assert (again / "tokenizer.json").read_text() == (tmp_path / "tokenizer.json").read_text()
+
+
+def test_captions_are_pretrained_from_other_images_than_the_dataset():
+  image, text = pretrain_mini_clip.render_example(np.random.default_rng([0, pretrain_mini_clip.PRETRAIN_STREAM, 0]))
+  dataset_image = shapes.render_scene(np.random.default_rng([0, 0, 0]), 64)[0]
+  assert image.shape == (64, 64, 3) and not np.array_equal(image, dataset_image)
+  assert all(word in mini_clip.caption_words() for word in text.replace(",", "").split())
+
+
+@pytest.fixture(scope="module")
+def shipped():
+  assert (SHIPPED / "model.safetensors").is_file(), f"the shipped mini-CLIP is missing from {SHIPPED}"
+  return clip_checkpoint.from_pretrained(SHIPPED)
+
+
+def test_shipped_checkpoint_is_a_transformers_clip(shipped):
+  hf = transformers.CLIPConfig.from_pretrained(SHIPPED)
+  assert hf.vision_config.num_hidden_layers == shipped.config.vision.num_hidden_layers
+  tokenizer = transformers.CLIPTokenizer.from_pretrained(SHIPPED)
+  assert tokenizer.eos_token_id == shipped.config.text.eos_token_id
+  assert len(tokenizer) == shipped.config.text.vocab_size
+
+
+def test_shipped_clip_classifies_single_objects_zero_shot(shipped):
+  # Fresh probe images (seed 1; pretraining used seed 0 for both its images and its own probe).
+  accuracy = pretrain_mini_clip.zero_shot_accuracy(shipped.model, shipped.params, prompts.load_tokenizer(SHIPPED),
+                                                   seed=1, per_class=25)
+  assert set(accuracy) == set(shapes.CATEGORIES)
+  assert np.mean(list(accuracy.values())) >= MIN_MEAN_ACCURACY, accuracy
+  assert min(accuracy.values()) >= MIN_CLASS_ACCURACY, accuracy  # unseen classes included
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_pretraining_reproduces_the_shipped_run():
+  """The first HISTORY_EVERY steps of the shipped settings give the shipped run's recorded loss. The whole run
+  (ZEGOT_SLOW=1) must give the shipped weights."""
+  report = json.loads((SHIPPED / "pretraining.json").read_text())
+  settings = report["settings"]
+  if os.environ.get("ZEGOT_SLOW") == "1":
+    params, _, _, again = pretrain_mini_clip.train(**settings)
+    shipped_params = clip_checkpoint.from_pretrained(SHIPPED).params
+    a, b = _flat(params), _flat(shipped_params)
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    assert again["history"] == pytest.approx(report["history"], rel=1e-4)
+    return
+  _, _, _, again = pretrain_mini_clip.train(**settings, stop_after=pretrain_mini_clip.HISTORY_EVERY)
+  assert again["history"][0]["step"] == report["history"][0]["step"]
+  assert again["history"][0]["loss"] == pytest.approx(report["history"][0]["loss"], rel=1e-5)
+  assert again["example_captions"] == report["example_captions"]
