@@ -10,10 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ml_collections import config_flags
 from PIL import Image
 
-from zegot_jax import pictures, runtime
+from zegot_jax import config_lib, pictures, runtime
 from zegot_jax.data import shapes
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.clip import CLIP, normalize_image
@@ -23,7 +22,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def demo_config(data_dir, arg="runlocal=True"):
-  config = config_flags.load_config_file(str(ROOT / "configs" / f"demo.py:{arg}"))
+  config = config_lib.load_config(str(ROOT / "configs" / f"demo.py:{arg}"))
   config.data_dir = str(data_dir)
   return config
 

@@ -81,3 +81,17 @@ def apply_runlocal(c: ml_collections.ConfigDict) -> None:
   c.model.decoder_features = 8
   c.train.update(dict(steps=6, batch_size=4, warmup_steps=2, num_workers=0, log_every=1, checkpoint_every=3,
                       eval_every=6, eval_max_examples=4))
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """The config of a config file, as `--config` reads it: 'configs/demo.py' or 'configs/demo.py:setting=inductive'."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import pathlib  # pylint: disable=g-import-not-at-top
+
+  path, _, arg = spec.partition(":")
+  if not pathlib.Path(path).is_file():
+    raise FileNotFoundError(f"config file {path} does not exist")
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

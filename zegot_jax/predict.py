@@ -30,7 +30,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image, ImageDraw, ImageFont
 
-from zegot_jax import evaluation, trainer
+from zegot_jax import config_lib, evaluation, trainer
 from zegot_jax.data import augment
 from zegot_jax.models import prompts, zegot
 
@@ -145,8 +145,7 @@ def main(argv, f: dict):
   logging.set_verbosity(logging.WARNING)
   config = None
   if f["config"].value:
-    from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-    config = config_flags.load_config_file(f["config"].value)
+    config = config_lib.load_config(f["config"].value)
   summary = predict(f["workdir"].value, f["image"].value, f["classes"].value, config=config, step=f["step"].value,
                     threshold=f["threshold"].value, out=f["out"].value)
   for name, share in sorted(summary["coverage"].items(), key=lambda kv: -kv[1]):

@@ -35,10 +35,22 @@ def test_every_caption_word_is_one_token_and_files_round_trip(tmp_path):
 
 
 def test_captions_are_pretrained_from_other_images_than_the_dataset():
-  image, text = pretrain_mini_clip.render_example(np.random.default_rng([0, pretrain_mini_clip.PRETRAIN_STREAM, 0]))
-  dataset_image = shapes.render_scene(np.random.default_rng([0, 0, 0]), 64)[0]
-  assert image.shape == (64, 64, 3) and not np.array_equal(image, dataset_image)
-  assert all(word in mini_clip.caption_words() for word in text.replace(",", "").split())
+  for i in range(20):
+    image, text, present = pretrain_mini_clip.render_example(
+        np.random.default_rng([0, pretrain_mini_clip.PRETRAIN_STREAM, i]), scene=i % 2 == 1)
+    dataset_image = shapes.render_scene(np.random.default_rng([0, 0, i]), 64)[0]
+    assert image.shape == (64, 64, 3) and not np.array_equal(image, dataset_image)
+    words = text.replace(",", "").split()
+    assert all(word in mini_clip.caption_words() for word in words)
+    named = {shapes.CATEGORIES.index(w) for w in words if w in shapes.CATEGORIES}
+    assert named == set(np.flatnonzero(present))  # the concept targets are exactly the named categories
+
+
+def test_curriculum_goes_from_single_objects_to_scenes():
+  steps = 300
+  fractions = [pretrain_mini_clip.scene_fraction(s, steps) for s in range(steps)]
+  assert fractions[0] == 0 and fractions[99] == 0 and fractions[-1] == pretrain_mini_clip.SCENE_FRACTION
+  assert all(a <= b for a, b in zip(fractions, fractions[1:]))
 
 
 @pytest.fixture(scope="module")

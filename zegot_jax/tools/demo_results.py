@@ -24,9 +24,8 @@ import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from zegot_jax import evaluation, runtime, trainer
+from zegot_jax import config_lib, evaluation, runtime, trainer
 from zegot_jax.models import prompts, zegot
 
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU")
@@ -65,7 +64,7 @@ def evaluate_untrained(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
 def run_config(config_path: str, variant: str | None, setting: str, seed: int, steps: int | None):
   arg = ",".join(filter(None, [f"setting={setting}", variant]))
-  config = config_flags.load_config_file(f"{config_path}:{arg}")
+  config = config_lib.load_config(f"{config_path}:{arg}")
   config.train.seed = seed
   config.pictures.num_images = 0
   if steps:

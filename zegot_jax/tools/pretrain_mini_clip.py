@@ -5,13 +5,15 @@ r"""Pretrains the demo's mini-CLIP contrastively on captioned scenes of the shap
 The defaults reproduce the checkpoint shipped in `zegot_jax/assets/mini_clip_shapes/` (same seed, same numbers
 to float tolerance on a CPU). What it does:
 
-1. renders a pool of scenes (1-4 objects, or one large object) at 64×64, each from its own generator seeded by
-   (seed, PRETRAIN_STREAM, i): never the images of the `shapes_zs3` dataset, which uses streams 0 and 1;
+1. renders a pool of single large objects and of scenes of 1-3 objects at 64×64, each from its own generator
+   seeded by (seed, PRETRAIN_STREAM, i): never the images of the `shapes_zs3` dataset (streams 0 and 1);
 2. captions each one ("a red star and a ring on a striped background"): objects in random order, colours and
    the background named or left out at random, so that short prompts like "a star." are in distribution;
-3. trains both towers from scratch, contrastively (`pretraining_loss`): CLIP's symmetric InfoNCE between images
+3. trains both towers from scratch (the image tower's position embedding initialized to 2-D sine-cosine),
+   contrastively (`pretraining_loss`): CLIP's symmetric InfoNCE between images
    and captions with a learnable temperature, plus a sigmoid image-text loss against the single-category prompts
    "a {name}." (AdamW, warmup + cosine);
+   Batches follow a curriculum: single objects first, then more and more scenes (`scene_fraction`);
 4. writes the checkpoint in transformers' format with the caption tokenizer, plus `pretraining.json` (the
    settings, the loss curve and the zero-shot accuracy on single objects).
 """
@@ -39,27 +41,37 @@ from zegot_jax.models.clip import CLIP, normalize_image
 
 PRETRAIN_STREAM = 1000  # generator stream of the pretraining images (shapes_zs3 uses 0 and 1)
 PROBE_STREAM = 1001  # generator stream of the zero-shot probe images
-SINGLE_OBJECT_FRACTION = 0.5  # images holding one large centred object (render_object)
+# Curriculum: batches hold only single large objects (render_object) for the first third of the steps, then the
+# share of multi-object scenes rises linearly to SCENE_FRACTION at two thirds. A from-scratch ViT fed scenes of
+# small objects from the start learns colours and backgrounds but no shapes within a CPU budget.
+SCENE_FRACTION = 0.5
 NAME_COLOURS, NAME_BACKGROUND = 0.5, 0.5  # how often the caption names them
 ZERO_SHOT_TEMPLATE = "a {}."
+PRETRAINING_ONLY = ("concept_scale", "concept_bias")  # the sigmoid loss's own temperature and bias
 HISTORY_EVERY = 100  # steps between loss records in pretraining.json
 
 _FLAGS = dict(
     out=flags.DEFINE_string("out", None, "Directory to write the checkpoint to (created; must not exist)."),
     seed=flags.DEFINE_integer("seed", 0, "Seed of the images, captions, initialization and batch order."),
-    steps=flags.DEFINE_integer("steps", 1500, "Training steps."),
+    steps=flags.DEFINE_integer("steps", 2000, "Training steps."),
     batch_size=flags.DEFINE_integer("batch_size", 128, "Image-caption pairs per step."),
     pool_size=flags.DEFINE_integer("pool_size", 20000, "Distinct captioned images rendered."),
-    lr=flags.DEFINE_float("lr", 1e-3, "Peak learning rate."),
+    lr=flags.DEFINE_float("lr", 2e-3, "Peak learning rate."),
     warmup_steps=flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps."),
     weight_decay=flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay."),
 )
 
 
-def render_example(rng: np.random.Generator, size: int = mini_clip.IMAGE_SIZE
+def scene_fraction(step: int, steps: int) -> float:
+  """The share of multi-object scenes in the batch at `step` (the curriculum above)."""
+  return SCENE_FRACTION * float(np.clip(3 * step / steps - 1, 0.0, 1.0))
+
+
+def render_example(rng: np.random.Generator, scene: bool, size: int = mini_clip.IMAGE_SIZE
                    ) -> tuple[np.ndarray, str, np.ndarray]:
-  """One (uint8 image (size, size, 3), caption, (12,) bool: which categories it shows)."""
-  if rng.uniform() < SINGLE_OBJECT_FRACTION:
+  """One (uint8 image (size, size, 3), caption, (12,) bool: which categories it shows): a scene of 1-3
+  objects, or one large object."""
+  if not scene:
     image, _, obj, background = shapes.render_object(rng, int(rng.integers(len(shapes.CATEGORIES))), size)
     objects = [obj]
   else:
@@ -75,15 +87,33 @@ def render_example(rng: np.random.Generator, size: int = mini_clip.IMAGE_SIZE
 def render_pool(seed: int, count: int, tokenizer, context_length: int
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
   """(images (count, 64, 64, 3) uint8, token ids (count, context_length) int32, presence (count, 12) bool,
-  captions)."""
+  captions). Even indices are single objects, odd ones scenes."""
   images, texts, present = [], [], []
   for i in tqdm(range(count), desc="rendering", unit="img", mininterval=2.0):
-    image, text, categories = render_example(np.random.default_rng([seed, PRETRAIN_STREAM, i]))
+    image, text, categories = render_example(np.random.default_rng([seed, PRETRAIN_STREAM, i]), scene=i % 2 == 1)
     images.append(image)
     texts.append(text)
     present.append(categories)
   ids = prompts.tokenize(tokenizer, texts, length=context_length, max_length=context_length)
   return np.stack(images), ids, np.stack(present), texts
+
+
+def sincos_position_embedding(grid: tuple[int, int], width: int) -> jax.Array:
+  """(1 + h·w, width) 2-D sine-cosine position embedding (MAE's initialization; the CLS row is zero): half
+  the channels encode the row, half the column, at geometric frequencies. A from-scratch ViT with random
+  position embeddings must first learn where its patches are; this one knows, and learns shapes much sooner.
+  The embedding stays a trained parameter."""
+  h, w = grid
+  quarter = width // 4
+  frequencies = 1.0 / 10000 ** (np.arange(quarter) / quarter)  # (width/4,)
+  rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+
+  def encode(positions):  # (h*w,) → (h*w, width/2)
+    angles = positions.reshape(-1)[:, None] * frequencies[None]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+  table = np.concatenate([encode(rows), encode(cols)], axis=1)  # (h*w, width)
+  return jnp.asarray(np.concatenate([np.zeros((1, width)), table]), jnp.float32)
 
 
 def _unit(x: jax.Array) -> jax.Array:
@@ -93,14 +123,14 @@ def _unit(x: jax.Array) -> jax.Array:
 def pretraining_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, present: jax.Array,
                      concept_ids: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
   """CLIP's symmetric InfoNCE between images and their captions, plus a multi-positive sigmoid loss (SigLIP's
-  form) between images and the single-category prompts "a {name}." (positive when the caption names that
-  category). Both are image-text contrastive; the second gives every image 12 text pairs per step instead of
+  form, with its own temperature and bias) between images and the single-category prompts "a {name}." (positive
+  when the caption names that category). Both are image-text contrastive; the second gives every image 12 text pairs per step instead of
   one and brings the from-scratch towers to shape recognition in minutes on a CPU, where InfoNCE alone first
   learns colours and backgrounds only.
 
   images (B, H, W, 3) uint8, ids (B, T) caption tokens, present (B, 12) bool, concept_ids (12, T') tokens.
   """
-  p = {k: v for k, v in params.items() if k != "concept_bias"}
+  p = {k: v for k, v in params.items() if k not in PRETRAINING_ONLY}
   v = _unit(model.apply({"params": p}, normalize_image(images), method=CLIP.encode_image).image_embeds)
   t = _unit(model.apply({"params": p}, ids, method=CLIP.encode_text).text_embeds)
   concepts = _unit(model.apply({"params": p}, concept_ids, method=CLIP.encode_text).text_embeds)
@@ -109,7 +139,7 @@ def pretraining_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pre
   labels = jnp.arange(logits.shape[0])
   caption_loss = (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
                   + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()) / 2
-  concept_logits = scale * v @ concepts.T + params["concept_bias"]  # (B, 12)
+  concept_logits = jnp.exp(params["concept_scale"]) * v @ concepts.T + params["concept_bias"]  # (B, 12)
   concept_loss = optax.sigmoid_binary_cross_entropy(concept_logits, present.astype(jnp.float32)).sum(-1).mean()
   metrics = dict(caption_loss=caption_loss, concept_loss=concept_loss,
                  batch_accuracy=jnp.mean(jnp.argmax(logits, axis=1) == labels))
@@ -139,7 +169,7 @@ def zero_shot_accuracy(model: CLIP, params, tokenizer, *, seed: int, per_class: 
   return {n: float(np.mean(predicted[labels == c] == c)) for c, n in enumerate(names)}
 
 
-def train(*, seed: int = 0, steps: int = 1500, batch_size: int = 128, pool_size: int = 20000, lr: float = 1e-3,
+def train(*, seed: int = 0, steps: int = 2000, batch_size: int = 128, pool_size: int = 20000, lr: float = 2e-3,
           warmup_steps: int = 100, weight_decay: float = 0.05, stop_after: int | None = None):
   """Pretrains the mini-CLIP; returns (params, config, tokenizer, report). `stop_after` ends the same run (same
   schedule) after that many steps, to check a prefix of it against the shipped `pretraining.json`."""
@@ -153,7 +183,9 @@ def train(*, seed: int = 0, steps: int = 1500, batch_size: int = 128, pool_size:
   model = CLIP(config)
   size = config.vision.image_size
   params = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
-  params["concept_bias"] = jnp.full((), -5.0)  # pretraining only (SigLIP's learnable bias); not saved
+  params["vision_model"]["embeddings"]["position_embedding"]["embedding"] = sincos_position_embedding(
+      config.vision.grid, config.vision.hidden_size)
+  params.update(concept_scale=jnp.log(10.0), concept_bias=jnp.full((), -5.0))  # SigLIP's t and b; not saved
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps)
   optimizer = optax.adamw(schedule, b2=0.98, weight_decay=weight_decay)
   opt_state = optimizer.init(params)
@@ -165,20 +197,20 @@ def train(*, seed: int = 0, steps: int = 1500, batch_size: int = 128, pool_size:
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, dict(loss=loss, **metrics)
 
-  order = np.random.default_rng([seed, PRETRAIN_STREAM]).permutation
-  batches_per_epoch = pool_size // batch_size
-  history, permutation = [], None
+  sampler = np.random.default_rng([seed, PRETRAIN_STREAM])
+  singles, scenes = np.arange(0, pool_size, 2), np.arange(1, pool_size, 2)
+  history = []
   last = steps if stop_after is None else min(stop_after, steps)
   progress = tqdm(range(last), desc="pretraining", unit="step", mininterval=2.0)
   for step in progress:
-    if step % batches_per_epoch == 0:
-      permutation = order(pool_size)
-    index = permutation[(step % batches_per_epoch) * batch_size:][:batch_size]
+    num_scenes = int(round(batch_size * scene_fraction(step, steps)))
+    index = np.concatenate([sampler.choice(singles, batch_size - num_scenes, replace=False),
+                            sampler.choice(scenes, num_scenes, replace=False)])
     params, opt_state, metrics = train_step(params, opt_state, images[index], ids[index], present[index])
     if (step + 1) % HISTORY_EVERY == 0 or step + 1 == steps:
       history.append(dict(step=step + 1, **{k: float(v) for k, v in metrics.items()}))
       progress.set_postfix(caption=f"{history[-1]['caption_loss']:.3f}", concept=f"{history[-1]['concept_loss']:.3f}")
-  params = {k: v for k, v in jax.device_get(params).items() if k != "concept_bias"}
+  params = {k: v for k, v in jax.device_get(params).items() if k not in PRETRAINING_ONLY}
   report = dict(settings=settings, history=history, example_captions=texts[:8], jax_version=jax.__version__)
   if stop_after is None:
     accuracy = zero_shot_accuracy(model, params, tokenizer, seed=seed)
