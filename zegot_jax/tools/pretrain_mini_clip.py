@@ -10,9 +10,9 @@ to float tolerance on a CPU). What it does:
 2. captions each one ("a red star and a ring on a striped background"): objects in random order, colours and
    the background named or left out at random, so that short prompts like "a star." are in distribution;
 3. trains both towers from scratch (the image tower's position embedding initialized to 2-D sine-cosine),
-   contrastively (`pretraining_loss`): CLIP's symmetric InfoNCE between images
-   and captions with a learnable temperature, plus a sigmoid image-text loss against the single-category prompts
-   "a {name}." (AdamW, warmup + cosine);
+   contrastively (`pretraining_loss`): CLIP's InfoNCE between images and captions, plus sigmoid image-text losses
+   against the single-category prompts "a {name}." named by the caption, on the image embedding and on the best
+   patch of the dense features (FILIP-style); AdamW, warmup + cosine.
    Batches follow a curriculum: single objects first, then more and more scenes (`scene_fraction`);
 4. writes the checkpoint in transformers' format with the caption tokenizer, plus `pretraining.json` (the
    settings, the loss curve and the zero-shot accuracy on single objects).
@@ -47,19 +47,10 @@ PROBE_STREAM = 1001  # generator stream of the zero-shot probe images
 SCENE_FRACTION = 0.5
 NAME_COLOURS, NAME_BACKGROUND = 0.5, 0.5  # how often the caption names them
 ZERO_SHOT_TEMPLATE = "a {}."
-PRETRAINING_ONLY = ("concept_scale", "concept_bias")  # the sigmoid loss's own temperature and bias
+PRETRAINING_ONLY = ("concept_scale", "concept_bias", "dense_scale", "dense_bias")  # sigmoid losses' own t, b
+DENSE_LAYERS = (3, 4)  # layers whose patch features are aligned with text (the demo's DFA layers)
 HISTORY_EVERY = 100  # steps between loss records in pretraining.json
 
-_FLAGS = dict(
-    out=flags.DEFINE_string("out", None, "Directory to write the checkpoint to (created; must not exist)."),
-    seed=flags.DEFINE_integer("seed", 0, "Seed of the images, captions, initialization and batch order."),
-    steps=flags.DEFINE_integer("steps", 2000, "Training steps."),
-    batch_size=flags.DEFINE_integer("batch_size", 128, "Image-caption pairs per step."),
-    pool_size=flags.DEFINE_integer("pool_size", 20000, "Distinct captioned images rendered."),
-    lr=flags.DEFINE_float("lr", 2e-3, "Peak learning rate."),
-    warmup_steps=flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps."),
-    weight_decay=flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay."),
-)
 
 
 def scene_fraction(step: int, steps: int) -> float:
@@ -122,28 +113,40 @@ def _unit(x: jax.Array) -> jax.Array:
 
 def pretraining_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, present: jax.Array,
                      concept_ids: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """CLIP's symmetric InfoNCE between images and their captions, plus a multi-positive sigmoid loss (SigLIP's
-  form, with its own temperature and bias) between images and the single-category prompts "a {name}." (positive
-  when the caption names that category). Both are image-text contrastive; the second gives every image 12 text pairs per step instead of
-  one and brings the from-scratch towers to shape recognition in minutes on a CPU, where InfoNCE alone first
-  learns colours and backgrounds only.
+  """Three image-text contrastive terms, all from the captions (no pixel labels):
+
+  * caption: CLIP's symmetric InfoNCE between images and their captions;
+  * concept: a multi-positive sigmoid loss (SigLIP's form, own temperature and bias) between the image embedding
+    and the single-category prompts "a {name}.", positive when the caption names that category: 12 text pairs
+    per image instead of one, which brings the from-scratch towers to shape recognition in minutes on a CPU;
+  * dense: the same sigmoid loss on the best-matching patch (FILIP's token-wise max similarity) of the dense
+    features of DENSE_LAYERS (patch tokens → post_layernorm → projection, what ZegOT reads): a category named in
+    the caption must match some patch, and no patch may match a category that is not named. CLS-only training
+    leaves patch features unaligned with text, and dense zero-shot segmentation needs them aligned.
 
   images (B, H, W, 3) uint8, ids (B, T) caption tokens, present (B, 12) bool, concept_ids (12, T') tokens.
   """
   p = {k: v for k, v in params.items() if k not in PRETRAINING_ONLY}
-  v = _unit(model.apply({"params": p}, normalize_image(images), method=CLIP.encode_image).image_embeds)
-  t = _unit(model.apply({"params": p}, ids, method=CLIP.encode_text).text_embeds)
-  concepts = _unit(model.apply({"params": p}, concept_ids, method=CLIP.encode_text).text_embeds)
+  vision = model.apply({"params": p}, normalize_image(images), feature_layers=DENSE_LAYERS,
+                       method=CLIP.encode_image)
+  v = _unit(vision.image_embeds)  # (B, D)
+  t = _unit(model.apply({"params": p}, ids, method=CLIP.encode_text).text_embeds)  # (B, D)
+  concepts = _unit(model.apply({"params": p}, concept_ids, method=CLIP.encode_text).text_embeds)  # (12, D)
   scale = jnp.exp(jnp.minimum(params["logit_scale"], jnp.log(100.0)))  # CLIP clips the temperature at 100
   logits = scale * v @ t.T  # (B, B)
   labels = jnp.arange(logits.shape[0])
   caption_loss = (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
                   + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()) / 2
+  targets = present.astype(jnp.float32)
   concept_logits = jnp.exp(params["concept_scale"]) * v @ concepts.T + params["concept_bias"]  # (B, 12)
-  concept_loss = optax.sigmoid_binary_cross_entropy(concept_logits, present.astype(jnp.float32)).sum(-1).mean()
-  metrics = dict(caption_loss=caption_loss, concept_loss=concept_loss,
+  concept_loss = optax.sigmoid_binary_cross_entropy(concept_logits, targets).sum(-1).mean()
+  dense = _unit(jnp.stack([vision.dense_features[i] for i in DENSE_LAYERS]))  # (L, B, h, w, D)
+  best = jnp.einsum("lbhwd,kd->lbhwk", dense, concepts).max(axis=(2, 3))  # (L, B, 12) best patch per category
+  dense_logits = jnp.exp(params["dense_scale"]) * best + params["dense_bias"]
+  dense_loss = optax.sigmoid_binary_cross_entropy(dense_logits, targets[None]).sum(-1).mean()
+  metrics = dict(caption_loss=caption_loss, concept_loss=concept_loss, dense_loss=dense_loss,
                  batch_accuracy=jnp.mean(jnp.argmax(logits, axis=1) == labels))
-  return caption_loss + concept_loss, metrics
+  return caption_loss + concept_loss + dense_loss, metrics
 
 
 def zero_shot_accuracy(model: CLIP, params, tokenizer, *, seed: int, per_class: int = 50,
@@ -169,7 +172,7 @@ def zero_shot_accuracy(model: CLIP, params, tokenizer, *, seed: int, per_class: 
   return {n: float(np.mean(predicted[labels == c] == c)) for c, n in enumerate(names)}
 
 
-def train(*, seed: int = 0, steps: int = 2000, batch_size: int = 128, pool_size: int = 20000, lr: float = 2e-3,
+def train(*, seed: int = 0, steps: int = 1800, batch_size: int = 128, pool_size: int = 20000, lr: float = 2e-3,
           warmup_steps: int = 100, weight_decay: float = 0.05, stop_after: int | None = None):
   """Pretrains the mini-CLIP; returns (params, config, tokenizer, report). `stop_after` ends the same run (same
   schedule) after that many steps, to check a prefix of it against the shipped `pretraining.json`."""
@@ -185,7 +188,8 @@ def train(*, seed: int = 0, steps: int = 2000, batch_size: int = 128, pool_size:
   params = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
   params["vision_model"]["embeddings"]["position_embedding"]["embedding"] = sincos_position_embedding(
       config.vision.grid, config.vision.hidden_size)
-  params.update(concept_scale=jnp.log(10.0), concept_bias=jnp.full((), -5.0))  # SigLIP's t and b; not saved
+  params.update(concept_scale=jnp.log(10.0), concept_bias=jnp.full((), -5.0),  # SigLIP's t and b; not saved
+                dense_scale=jnp.log(10.0), dense_bias=jnp.full((), -5.0))
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps)
   optimizer = optax.adamw(schedule, b2=0.98, weight_decay=weight_decay)
   opt_state = optimizer.init(params)
@@ -209,7 +213,7 @@ def train(*, seed: int = 0, steps: int = 2000, batch_size: int = 128, pool_size:
     params, opt_state, metrics = train_step(params, opt_state, images[index], ids[index], present[index])
     if (step + 1) % HISTORY_EVERY == 0 or step + 1 == steps:
       history.append(dict(step=step + 1, **{k: float(v) for k, v in metrics.items()}))
-      progress.set_postfix(caption=f"{history[-1]['caption_loss']:.3f}", concept=f"{history[-1]['concept_loss']:.3f}")
+      progress.set_postfix({k[:-5]: f"{history[-1][k]:.3f}" for k in ("caption_loss", "concept_loss", "dense_loss")})
   params = {k: v for k, v in jax.device_get(params).items() if k not in PRETRAINING_ONLY}
   report = dict(settings=settings, history=history, example_captions=texts[:8], jax_version=jax.__version__)
   if stop_after is None:
@@ -234,6 +238,8 @@ def pretrain(out: str | os.PathLike, **settings) -> pathlib.Path:
     clip_checkpoint.save_pretrained(params, config, tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "pretraining.json").write_text(json.dumps(report, indent=1) + "\n")
+    for f in tmp.iterdir():
+      f.chmod(0o644)
     os.rename(tmp, out)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -241,16 +247,31 @@ def pretrain(out: str | os.PathLike, **settings) -> pathlib.Path:
   return out
 
 
-def main(argv):
+def _define_flags() -> dict:
+  """The CLI's flags, defined only when run as a program (importing this module defines none)."""
+  return dict(
+      out=flags.DEFINE_string("out", None, "Directory to write the checkpoint to (created; must not exist)."),
+      seed=flags.DEFINE_integer("seed", 0, "Seed of the images, captions, initialization and batch order."),
+      steps=flags.DEFINE_integer("steps", 1800, "Training steps."),
+      batch_size=flags.DEFINE_integer("batch_size", 128, "Image-caption pairs per step."),
+      pool_size=flags.DEFINE_integer("pool_size", 20000, "Distinct captioned images rendered."),
+      lr=flags.DEFINE_float("lr", 2e-3, "Peak learning rate."),
+      warmup_steps=flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps."),
+      weight_decay=flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay."),
+  )
+
+
+def main(argv, f: dict):
   del argv
-  if not _FLAGS["out"].value:
+  if not f["out"].value:
     raise app.UsageError("--out DIR is required")
-  settings = {k: f.value for k, f in _FLAGS.items() if k != "out"}
-  out = pretrain(_FLAGS["out"].value, **settings)
+  settings = {k: flag.value for k, flag in f.items() if k != "out"}
+  out = pretrain(f["out"].value, **settings)
   report = json.loads((out / "pretraining.json").read_text())
   print(f"wrote {out}: final loss {report['history'][-1]['loss']:.4f}, zero-shot accuracy on single objects "
         f"{100 * report['mean_zero_shot_accuracy']:.1f}% ({report['seconds']:.0f} s)")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _flags = _define_flags()
+  app.run(functools.partial(main, f=_flags))
