@@ -93,7 +93,7 @@ def test_pretraining_reproduces_the_shipped_run():
     assert a.keys() == b.keys()
     for key in a:
       np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)
-    assert again["history"] == pytest.approx(report["history"], rel=1e-4)
+    assert [h["loss"] for h in again["history"]] == pytest.approx([h["loss"] for h in report["history"]], rel=1e-4)
     return
   _, _, _, again = pretrain_mini_clip.train(**settings, stop_after=pretrain_mini_clip.HISTORY_EVERY)
   assert again["history"][0]["step"] == report["history"][0]["step"]
