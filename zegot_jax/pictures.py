@@ -122,7 +122,7 @@ def write_pictures(workdir: str | pathlib.Path, config: ml_collections.ConfigDic
 
   out.mkdir(parents=True, exist_ok=True)
   rows, paths = [], []
-  for i in chosen:
+  for i in chosen:  # one image per call: validation images may differ in size
     ex = examples[i]
     image, label = ex["image"], ex["label"]
     if image.shape[:2] != label.shape:

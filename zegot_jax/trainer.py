@@ -203,15 +203,22 @@ class TrainedRun(NamedTuple):
   step: int
 
 
-def load_run(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, step: int | None = None) -> TrainedRun:
-  """The frozen CLIP and the trainable params of a checkpoint (latest or `step`) of the run in `workdir`."""
+def load_run(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, step: int | None = None, *,
+             untrained_seed: int | None = None) -> TrainedRun:
+  """The frozen CLIP and the trainable params of a checkpoint (latest or `step`) of the run in `workdir`; with
+  `untrained_seed`, freshly initialized trainable params instead (for baselines that train nothing; step 0)."""
   workdir = pathlib.Path(workdir).expanduser()
   mesh = runtime.make_mesh(config)
   clip = runtime.load_clip(config, workdir)
   model = runtime.build_model(config, clip)
-  trainable, step = restore_params(workdir, config, model, mesh, step)
+  tokenizer = prompts.load_tokenizer(clip.path)
+  if untrained_seed is None:
+    trainable, step = restore_params(workdir, config, model, mesh, step)
+  else:  # no parameter has the number of classes in its shape, so any class list initializes them
+    tokens = zegot.class_tokens(tokenizer, ["object"], model.config)
+    trainable, step = zegot.init_trainable(model, jax.random.key(untrained_seed), tokens), 0
   params = zegot.merge_params(trainable, runtime.shard_clip_params(clip.params, mesh, config))
-  return TrainedRun(model, params, prompts.load_tokenizer(clip.path), mesh, step)
+  return TrainedRun(model, params, tokenizer, mesh, step)
 
 
 # ----------------------------------------------------------------------------------------------- logging

@@ -132,6 +132,26 @@ def test_render_object(category):
       assert label[y, x] == IGNORE_LABEL
 
 
+def test_object_size_and_position_follow_their_arguments():
+  rng = np.random.default_rng(0)
+  offsets, radii = [], []
+  for i in range(60):
+    _, _, obj, _ = render_object(rng, i % len(CATEGORIES), SIZE, object_size=(0.15, 0.2), jitter=0.25)
+    offsets.append(np.abs(np.asarray(obj.center) - (SIZE - 1) / 2) / SIZE)
+    radii.append(obj.size / SIZE)
+  assert np.max(offsets) <= 0.25 and np.max(offsets) > 0.2  # spread over the whole allowed range
+  assert 0.15 <= np.min(radii) and np.max(radii) <= 0.2
+  # The defaults draw what they always drew (the datasets and the shipped mini-CLIP's probe depend on it).
+  default = render_object(np.random.default_rng(1), 3, SIZE)
+  explicit = render_object(np.random.default_rng(1), 3, SIZE, object_size=shapes.OBJECT_SIZE,
+                           jitter=shapes.OBJECT_JITTER)
+  assert default[2] == explicit[2] and np.array_equal(default[0], explicit[0])
+  big = [o.size / SIZE for _, _, objects, _ in scenes(6, 40, object_size=(0.3, 0.4)) for o in objects]
+  assert big and 0.3 <= min(big) and max(big) <= 0.4
+  with pytest.raises(ValueError, match="object_size"):
+    render_scene(np.random.default_rng(0), object_size=(0.3, 0.2))
+
+
 def test_shapes_are_distinct():
   """No two categories overlap closely at any relative rotation (same centre and circumradius)."""
   size = 64

@@ -40,10 +40,10 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "gradient", "striped", "checkered", "do
 IGNORE_LABEL = 255
 MIN_VISIBLE_FRACTION = 0.02  # objects with fewer visible pixels (fraction of the image) are dropped
 
-_SCENE_SIZE = (0.10, 0.30)  # object circumradius in scenes, as a fraction of the image side
+SCENE_OBJECT_SIZE = (0.10, 0.30)  # default object circumradius in scenes, as a fraction of the image side
 _SCENE_MIN_AREA = 0.035  # ... raised per category so that a whole object covers at least this much of the image
-_OBJECT_SIZE = (0.30, 0.42)  # circumradius for render_object; 0.42 keeps a centred disc under 60% of the image
-_OBJECT_JITTER = 0.05  # render_object's centre offset, fraction of the side
+OBJECT_SIZE = (0.30, 0.42)  # render_object's default circumradius; 0.42 keeps a centred disc under 60% of the image
+OBJECT_JITTER = 0.05  # render_object's default largest centre offset, fraction of the side
 _MIN_CONTRAST = 90.0  # RGB distance between an object's colour and its background's colours
 _MIN_TEXTURE_CONTRAST = 100.0  # RGB distance between an object's two texture colours
 _MAX_TILT = {CATEGORIES.index("heart"): 35.0}  # degrees; other categories rotate freely
@@ -333,10 +333,11 @@ def _sample_object(rng: np.random.Generator, category: int, center: tuple[float,
                      center=(float(center[0]), float(center[1])), size=float(radius), angle=angle)
 
 
-def _scene_radius(rng: np.random.Generator, category: int, size: int) -> float:
-  """Circumradius in pixels: uniform in _SCENE_SIZE, the low end raised for shapes that fill little of it."""
-  low = max(_SCENE_SIZE[0], math.sqrt(_SCENE_MIN_AREA / (math.pi * _fill_fraction(category))))
-  high = max(_SCENE_SIZE[1], low + 0.05)
+def _scene_radius(rng: np.random.Generator, category: int, size: int, object_size: tuple[float, float]) -> float:
+  """Circumradius in pixels: uniform in `object_size` (fractions of the side), the low end raised for shapes that
+  fill little of it."""
+  low = max(object_size[0], math.sqrt(_SCENE_MIN_AREA / (math.pi * _fill_fraction(category))))
+  high = max(object_size[1], low + 0.05)
   return float(rng.uniform(low, high) * size)
 
 
@@ -380,7 +381,8 @@ def _check_categories(categories: Sequence[int] | None) -> tuple[int, ...]:
 
 
 def render_scene(rng: np.random.Generator, size: int = 96, num_objects: tuple[int, int] = (1, 4),
-                 categories: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, list[ShapeObject], str]:
+                 categories: Sequence[int] | None = None, object_size: tuple[float, float] = SCENE_OBJECT_SIZE
+                 ) -> tuple[np.ndarray, np.ndarray, list[ShapeObject], str]:
   """Renders a scene of several objects on a cluttered background.
 
   Args:
@@ -388,6 +390,7 @@ def render_scene(rng: np.random.Generator, size: int = 96, num_objects: tuple[in
     size: image side in pixels.
     num_objects: inclusive range of the number of objects drawn (uniform).
     categories: the category indices that may be drawn (default: all).
+    object_size: inclusive range of the objects' circumradius, as fractions of `size` (uniform).
 
   Returns:
     (image (size, size, 3) uint8, label (size, size) uint8, visible objects in drawing order, background name).
@@ -399,31 +402,37 @@ def render_scene(rng: np.random.Generator, size: int = 96, num_objects: tuple[in
   low, high = num_objects
   if not 0 <= low <= high:
     raise ValueError(f"num_objects must be (low, high) with 0 <= low <= high, got {num_objects}")
+  if not 0 < object_size[0] <= object_size[1] <= 1:
+    raise ValueError(f"object_size must be (low, high) with 0 < low <= high <= 1 (fractions of the image side), "
+                     f"got {object_size}")
   image, palette, background = _scene_background(rng, size)
   objects: list[ShapeObject] = []
   for _ in range(int(rng.integers(low, high + 1))):
     category = allowed[int(rng.integers(len(allowed)))]
     center = rng.uniform(0, size - 1, size=2)
-    radius = _scene_radius(rng, category, size)
+    radius = _scene_radius(rng, category, size, object_size)
     objects.append(_sample_object(rng, category, (center[0], center[1]), radius, palette,
                                   [o.colour for o in objects]))
   label, kept = _labels(_paint(rng, image, objects), objects)
   return image, label, kept, background
 
 
-def render_object(rng: np.random.Generator, category: int, size: int = 96
+def render_object(rng: np.random.Generator, category: int, size: int = 96, *,
+                  object_size: tuple[float, float] = OBJECT_SIZE, jitter: float = OBJECT_JITTER
                   ) -> tuple[np.ndarray, np.ndarray, ShapeObject, str]:
-  """One large, roughly centred object of `category` on a random background (for zero-shot classification).
+  """One object of `category` on a random background: by default large and roughly centred (for zero-shot
+  classification).
 
-  The circumradius is 30-42% of the image side and the centre is within 5% of the side from the image centre.
+  The circumradius is uniform in `object_size` (fractions of the image side; default 30-42%) and the centre is
+  offset from the image centre by up to `jitter` of the side in each direction (default 5%).
 
   Returns:
     (image (size, size, 3) uint8, label (size, size) uint8, the object, background name).
   """
   (category,) = _check_categories([category])
   image, palette, background = _scene_background(rng, size)
-  center = (size - 1) / 2 + rng.uniform(-_OBJECT_JITTER, _OBJECT_JITTER, size=2) * size
-  radius = float(rng.uniform(*_OBJECT_SIZE) * size)
+  center = (size - 1) / 2 + rng.uniform(-jitter, jitter, size=2) * size
+  radius = float(rng.uniform(*object_size) * size)
   obj = _sample_object(rng, category, (center[0], center[1]), radius, palette, [])
   instances = _paint(rng, image, [obj])
   label = np.where(instances > 0, np.uint8(category), np.uint8(IGNORE_LABEL))

@@ -15,6 +15,7 @@ from zegot_jax.models.clip import CLIPConfig, TextConfig, VisionConfig
 
 MINI_CLIP = "mini-shapes"  # the clip.path that selects the shipped checkpoint
 IMAGE_SIZE = 64  # pretraining resolution; the demo segments at this size too
+PATCH_SIZE = 8  # an 8×8 grid of patches at IMAGE_SIZE
 TEMPLATE_WORDS = ("a", "an", "and", "on", "background", "nothing")  # the captions' other words
 
 
@@ -68,7 +69,7 @@ def caption_tokenizer():
 def mini_config(vocab_size: int, eos_token_id: int) -> CLIPConfig:
   """4 vision layers on 8×8 patches of 64×64 images, 3 text layers, width 128, joint space 64 (1.5 M params)."""
   return CLIPConfig(
-      vision=VisionConfig(128, 512, 4, 4, image_size=IMAGE_SIZE, patch_size=8, hidden_act="gelu"),
+      vision=VisionConfig(128, 512, 4, 4, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, hidden_act="gelu"),
       text=TextConfig(128, 512, 3, 4, hidden_act="gelu", vocab_size=vocab_size, max_position_embeddings=32,
                       eos_token_id=eos_token_id),
       projection_dim=64)

@@ -21,13 +21,11 @@ import functools
 import json
 import pathlib
 
-import jax
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from zegot_jax import config_lib, evaluation, runtime, trainer
-from zegot_jax.models import prompts, zegot
+from zegot_jax import config_lib, evaluation, trainer
 
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU")
 ROWS = {  # row → (title, config variant)
@@ -52,15 +50,8 @@ def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
 
 def evaluate_untrained(config: ml_collections.ConfigDict, workdir: pathlib.Path, seed: int = 0) -> dict:
   """Evaluates a config with freshly initialized trainable params (for the baseline, they have no effect)."""
-  mesh = runtime.make_mesh(config)
-  clip = runtime.load_clip(config, workdir)
-  model = runtime.build_model(config, clip)
-  tokenizer = prompts.load_tokenizer(clip.path)
-  spec = runtime.open_dataset(config).spec
-  trainable = zegot.init_trainable(model, jax.random.key(seed), zegot.class_tokens(tokenizer, spec.classes,
-                                                                                   model.config))
-  params = zegot.merge_params(trainable, runtime.shard_clip_params(clip.params, mesh, config))
-  return evaluation.evaluate_dataset(config, model, params, tokenizer, mesh=mesh)
+  run = trainer.load_run(workdir, config, untrained_seed=seed)
+  return evaluation.evaluate_dataset(config, run.model, run.params, run.tokenizer, mesh=run.mesh)
 
 
 def run_config(config_path: str, variant: str | None, setting: str, seed: int, steps: int | None):
