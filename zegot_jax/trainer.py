@@ -164,7 +164,8 @@ def check_matches(saved: dict, config: ml_collections.ConfigDict, where: str,
 def checkpoint_manager(workdir: pathlib.Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
   # orbax writes each checkpoint to a temporary directory and renames it when complete: a crash or kill
   # during a save never damages an earlier checkpoint.
-  return ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(
+  # orbax refuses relative paths; the README's `--workdir runs/demo` is one.
+  return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False))
 
 

@@ -77,6 +77,41 @@ def test_shipped_clip_classifies_single_objects_zero_shot(shipped):
   assert min(accuracy.values()) >= MIN_CLASS_ACCURACY, accuracy  # unseen classes included
 
 
+# Per-patch zero-shot accuracy of the dense features (layer 4, what ZegOT's score maps start from), measured on
+# these probes: 62.0% on large centred objects (heart 74%, ring 100%, arrow 52%); on scenes like the demo's
+# (1-4 objects anywhere, 6-19 px circumradius) 11.5%, near chance (8.3%). The patch features know the centred
+# view the pretraining showed most, not objects elsewhere or smaller: that is why ZegOT cannot work on the demo
+# yet (issue 6).
+MIN_DENSE_CENTRED = 0.45
+DEMO_SCENES_TARGET = 0.30
+
+
+def test_shipped_clip_patch_features_name_large_centred_objects(shipped):
+  images, labels = pretrain_mini_clip.probe_objects(seed=1)
+  accuracy = pretrain_mini_clip.dense_zero_shot_accuracy(shipped.model, shipped.params,
+                                                         prompts.load_tokenizer(SHIPPED), images, labels)
+  assert np.mean(list(accuracy.values())) >= MIN_DENSE_CENTRED, accuracy
+
+
+@pytest.mark.xfail(strict=True, reason="issue 6: the mini-CLIP's patch features are near chance on the demo's "
+                                       "scenes (11.5%); pretraining that fixes it is open work")
+def test_shipped_clip_patch_features_name_objects_in_scenes(shipped):
+  images, labels = pretrain_mini_clip.probe_scenes(seed=1)
+  accuracy = pretrain_mini_clip.dense_zero_shot_accuracy(shipped.model, shipped.params,
+                                                         prompts.load_tokenizer(SHIPPED), images, labels)
+  assert np.mean(list(accuracy.values())) >= DEMO_SCENES_TARGET, accuracy
+
+
+def test_patch_coverage_counts_the_pixels_of_each_category_in_each_patch():
+  rng = np.random.default_rng(0)
+  label = rng.choice(np.array([0, 3, 11, shapes.IGNORE_LABEL], np.uint8), size=(64, 64))
+  coverage = pretrain_mini_clip.patch_coverage(label, 8)
+  assert coverage.shape == (8, 8, len(shapes.CATEGORIES))
+  for y, x, c in [(0, 0, 0), (7, 7, 3), (2, 5, 11), (4, 1, 5)]:
+    patch = label[8 * y:8 * y + 8, 8 * x:8 * x + 8]
+    assert coverage[y, x, c] == pytest.approx(np.count_nonzero(patch == c) / 64)
+
+
 def _flat(tree) -> dict[str, np.ndarray]:
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 

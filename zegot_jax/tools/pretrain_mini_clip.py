@@ -179,17 +179,28 @@ def patch_coverage(label: np.ndarray, patch_size: int) -> np.ndarray:
   return (patches[..., None] == np.arange(len(shapes.CATEGORIES))).mean(axis=2, dtype=np.float32)
 
 
-def dense_zero_shot_accuracy(model: CLIP, params, tokenizer, *, seed: int, scenes: int = 200,
-                             layer: int = DENSE_LAYERS[-1], size: int = mini_clip.IMAGE_SIZE) -> dict[str, float]:
-  """Per-patch zero-shot accuracy on scenes like the demo's (1-4 objects; their own stream PROBE_STREAM + 1):
-  each patch at least half covered by one category is classified by the nearest prompt "a {name}." to its
-  dense feature at `layer`, where ZegOT's score maps start. Per category (chance 8.3%)."""
-  images, coverage = [], []
-  for i in range(scenes):
-    image, label, _, _ = shapes.render_scene(np.random.default_rng([seed, PROBE_STREAM + 1, i]), size)
-    images.append(image)
-    coverage.append(patch_coverage(label, model.config.vision.patch_size))
-  coverage = np.stack(coverage)  # (S, h, w, 12)
+def probe_scenes(seed: int, count: int = 200, size: int = mini_clip.IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+  """(images (count, size, size, 3) uint8, labels (count, size, size)): scenes drawn like the demo's (1-4 objects)
+  from their own stream (PROBE_STREAM + 1)."""
+  scenes = [shapes.render_scene(np.random.default_rng([seed, PROBE_STREAM + 1, i]), size) for i in range(count)]
+  return np.stack([s[0] for s in scenes]), np.stack([s[1] for s in scenes])
+
+
+def probe_objects(seed: int, per_class: int = 20, size: int = mini_clip.IMAGE_SIZE, jitter: float = shapes.OBJECT_JITTER
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of single large objects, `per_class` of each category, centred up to `jitter` of the side,
+  from their own stream (PROBE_STREAM + 2)."""
+  objects = [shapes.render_object(np.random.default_rng([seed, PROBE_STREAM + 2, c, i]), c, size, jitter=jitter)
+             for c in range(len(shapes.CATEGORIES)) for i in range(per_class)]
+  return np.stack([o[0] for o in objects]), np.stack([o[1] for o in objects])
+
+
+def dense_zero_shot_accuracy(model: CLIP, params, tokenizer, images: np.ndarray, labels: np.ndarray, *,
+                             layer: int = DENSE_LAYERS[-1]) -> dict[str, float]:
+  """Per-patch zero-shot accuracy, per category (chance 8.3%): each patch at least half covered by one category
+  is classified by the nearest prompt "a {name}." to its dense feature at `layer`, where ZegOT's score maps
+  start. images (S, H, W, 3) uint8, labels (S, H, W) category maps (IGNORE_LABEL: background)."""
+  coverage = np.stack([patch_coverage(label, model.config.vision.patch_size) for label in labels])  # (S, h, w, 12)
   ids = jnp.asarray(prompts.tokenize(tokenizer, [ZERO_SHOT_TEMPLATE.format(n) for n in shapes.CATEGORIES]))
 
   @jax.jit
@@ -199,10 +210,9 @@ def dense_zero_shot_accuracy(model: CLIP, params, tokenizer, *, seed: int, scene
     t = model.apply({"params": params}, ids, method=CLIP.encode_text).text_embeds  # (12, D)
     return jnp.argmax(jnp.einsum("bhwd,kd->bhwk", dense, t / jnp.linalg.norm(t, axis=-1, keepdims=True)), -1)
 
-  predicted = np.asarray(predict(np.stack(images)))
   covered = coverage.max(-1) >= 0.5
-  labels = coverage.argmax(-1)[covered]
-  return {n: float(np.mean(predicted[covered][labels == c] == c)) for c, n in enumerate(shapes.CATEGORIES)}
+  predicted, truth = np.asarray(predict(images))[covered], coverage.argmax(-1)[covered]
+  return {n: float(np.mean(predicted[truth == c] == c)) for c, n in enumerate(shapes.CATEGORIES)}
 
 
 def train(*, seed: int = 0, steps: int = 1800, batch_size: int = 128, pool_size: int = 20000, lr: float = 2e-3,
