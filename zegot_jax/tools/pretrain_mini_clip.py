@@ -186,8 +186,8 @@ def probe_scenes(seed: int, count: int = 200, size: int = mini_clip.IMAGE_SIZE) 
   return np.stack([s[0] for s in scenes]), np.stack([s[1] for s in scenes])
 
 
-def probe_objects(seed: int, per_class: int = 20, size: int = mini_clip.IMAGE_SIZE, jitter: float = shapes.OBJECT_JITTER
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def probe_objects(seed: int, per_class: int = 20, size: int = mini_clip.IMAGE_SIZE,
+                  jitter: float = shapes.OBJECT_JITTER) -> tuple[np.ndarray, np.ndarray]:
   """(images, labels) of single large objects, `per_class` of each category, centred up to `jitter` of the side,
   from their own stream (PROBE_STREAM + 2)."""
   objects = [shapes.render_object(np.random.default_rng([seed, PROBE_STREAM + 2, c, i]), c, size, jitter=jitter)
