@@ -51,7 +51,7 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
       num_prompts=variant.num_prompts, context_length=variant.context_length, dfa_layers=(8, 9, 10, 11, 12),
       ensemble_lambda=variant.ensemble_lambda, matching=variant.matching, prompts=variant.prompts,
       fusion_norm=variant.fusion_norm, dense_features=variant.dense_features, decoder_features=32,
-      global_alignment=True, templates=HANDCRAFTED_TEMPLATES,
+      global_alignment=True, ga_init="identity", templates=HANDCRAFTED_TEMPLATES,
       sinkhorn=ml_collections.ConfigDict(dict(epsilon=0.05, max_iterations=100, threshold=1e-4))))
   c.train = ml_collections.ConfigDict(dict(
       steps=steps, batch_size=16, lr=2e-4, weight_decay=0.01, warmup_steps=1500, poly_power=0.9,

@@ -89,6 +89,7 @@ ABLATIONS = {
     "ensemble_lambda=0.5": dict(ensemble_lambda=0.5),
     "fusion_norm=minmax": dict(fusion_norm="minmax"),
     "dense_features=maskclip": dict(dense_features="maskclip"),
+    "ga_init=random": dict(ga_init="random"),
 }
 
 
@@ -106,10 +107,27 @@ def test_every_ablation_switch_builds_runs_and_changes_the_output(clip, images, 
   # Shared parameters are taken from the reference so that only the switch differs.
   trainable_a = zegot.split_params(params_a)[0]
   for key in ("global_alignment", "decoder"):
-    trainable_a[key] = zegot.split_params(params)[0][key]
+    if name != "ga_init=random" or key != "global_alignment":
+      trainable_a[key] = zegot.split_params(params)[0][key]
   out, _ = _run(model_a, zegot.merge_params(trainable_a, params["clip"]), images, tokens_a)
   assert all(np.isfinite(np.asarray(y)).all() for y in out)
   assert float(jnp.abs(out.logits - reference.logits).max()) > 1e-4, f"{name} did not change the output"
+
+
+def test_ga_starts_as_the_identity(clip, images):
+  """With ga_init="identity" an untrained GA passes the text through (g_GA = g): the untrained model scores
+  pixels exactly as with no GA at all, CLIP's own zero-shot alignment. A random Q does not."""
+  model, params, tokens = _build(clip)
+  _, aux = _run(model, params, images, tokens)
+  np.testing.assert_allclose(aux["aligned_text"], np.broadcast_to(aux["text_embeddings"], aux["aligned_text"].shape),
+                             rtol=1e-5, atol=1e-6)
+  model_off, params_off, _ = _build(clip, dataclasses.replace(BASE, global_alignment=False))
+  params_off = dict(params_off, context=params["context"])
+  np.testing.assert_allclose(_run(model_off, params_off, images, tokens)[0].score_logits,
+                             _run(model, params, images, tokens)[0].score_logits, rtol=1e-5, atol=1e-5)
+  model_r, params_r, _ = _build(clip, dataclasses.replace(BASE, ga_init="random"))
+  _, aux_r = _run(model_r, params_r, images, tokens)
+  assert float(jnp.abs(aux_r["aligned_text"] - aux_r["text_embeddings"][None]).max()) > 0.1
 
 
 def test_gradients_reach_exactly_the_trainable_parameters(clip, images):
@@ -160,6 +178,8 @@ def test_bad_configs_are_named():
     zegot.ZegOTConfig(dfa_layers=(12, 8))
   with pytest.raises(ValueError, match=r"ensemble_lambda=1.5"):
     zegot.ZegOTConfig(ensemble_lambda=1.5)
+  with pytest.raises(ValueError, match=r"ga_init='zeros'; expected one of"):
+    zegot.ZegOTConfig(ga_init="zeros")
   with pytest.raises(ValueError, match="needs a '{}'"):
     zegot.ZegOTConfig(prompts="handcrafted", templates=("a photo",))
 

@@ -38,6 +38,7 @@ MATCHINGS = ("mpot", "none", "bipartite", "self_attention")
 PROMPT_KINDS = ("learnable", "handcrafted")
 FUSION_NORMS = ("sigmoid", "minmax")
 DENSE_FEATURES = ("tokens", "maskclip")
+GA_INITS = ("identity", "random")
 HANDCRAFTED_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a photo of a small {}.", "a photo of a large {}.")
 
 
@@ -55,6 +56,9 @@ class ZegOTConfig:
   fusion_norm: str = "sigmoid"  # Table 11: sigmoid | minmax
   dense_features: str = "tokens"  # tokens: f_i → ln_post → proj; maskclip: the last layer's value embeddings
   global_alignment: bool = True  # False: g_GA = g (no Q); with matching="none" and λ = 1 this is frozen CLIP alone
+  # Q's initialization (the paper leaves it open): "identity" starts from g_GA = g, CLIP's own zero-shot
+  # alignment, which training then adapts; "random" (LeCun normal) starts from a random projection of the text.
+  ga_init: str = "identity"
   decoder_features: int = 32
   aspp_rates: tuple[int, ...] = (2, 4, 6)
   context_init_std: float = 0.02  # CoOp's random initialization of the contexts
@@ -69,6 +73,7 @@ class ZegOTConfig:
     check("prompts", self.prompts, PROMPT_KINDS)
     check("fusion_norm", self.fusion_norm, FUSION_NORMS)
     check("dense_features", self.dense_features, DENSE_FEATURES)
+    check("ga_init", self.ga_init, GA_INITS)
     layers = tuple(self.dfa_layers)
     if not layers or list(layers) != sorted(set(layers)) or layers[0] < 1:
       raise ValueError(f"ZegOTConfig.dfa_layers={layers}: expected increasing, distinct 1-based layer numbers")
@@ -126,6 +131,15 @@ def upsample(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
   return jax.image.resize(maps.astype(jnp.float32), (maps.shape[0], *size, maps.shape[-1]), "bilinear")
 
 
+def text_passthrough_init(key, shape, dtype=jnp.float32):
+  """Q's kernel (2D, D) = [0; I]: applied to cat[f̄ ⊙ g, g] it returns g, so GA starts as the identity."""
+  del key
+  two_d, d = shape
+  if two_d != 2 * d:
+    raise ValueError(f"GA kernel shape {shape}: expected (2D, D)")
+  return jnp.concatenate([jnp.zeros((d, d), dtype), jnp.eye(d, dtype=dtype)])
+
+
 def _frozen(tree):
   return jax.tree_util.tree_map(jax.lax.stop_gradient, tree)
 
@@ -153,7 +167,8 @@ class ZegOT(nn.Module):
       self.context = self.param("context", nn.initializers.normal(c.context_init_std),
                                 (c.num_prompts, c.context_length, clip_config.text.hidden_size), jnp.float32)
     if c.global_alignment:
-      self.global_alignment = nn.Dense(d, dtype=self.dtype)  # Q of GA: 2D → D
+      kernel_init = text_passthrough_init if c.ga_init == "identity" else nn.initializers.lecun_normal()
+      self.global_alignment = nn.Dense(d, dtype=self.dtype, kernel_init=kernel_init)  # Q of GA: 2D → D
     if c.matching == "self_attention":  # Table 4b's learnable alternative to MPOT
       self.match_query = nn.Dense(d, dtype=self.dtype)
       self.match_key = nn.Dense(d, dtype=self.dtype)
