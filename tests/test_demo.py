@@ -98,3 +98,12 @@ def test_baseline_is_the_frozen_clip_alone(data_dir, tmp_path):
   expected = tokens.shape[1] * jnp.einsum("bhwd,kd->bhwk", dense, text)
   expected = jax.image.resize(expected, (2, 64, 64, len(names)), "bilinear")
   np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_results_runs_take_the_requested_variant_setting_seed_steps_and_dataset():
+  config = demo_results.run_config(str(ROOT / "configs" / "demo.py"), "matching=none", "inductive", 2, 10,
+                                   "shapes_zs3/objects")
+  assert (config.dataset, config.setting, config.model.matching) == ("shapes_zs3/objects", "inductive", "none")
+  assert (config.train.seed, config.train.steps, config.train.eval_every, config.pictures.num_images) == (2, 10, 10, 0)
+  assert demo_results.run_config(str(ROOT / "configs" / "demo.py"), "", "transductive", 0, None).dataset == (
+      "shapes_zs3/demo")

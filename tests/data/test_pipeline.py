@@ -104,3 +104,20 @@ def test_shapes_builder_is_deterministic(shapes, tmp_path):
       np.testing.assert_array_equal(a["label"], b["label"])
   meta = again.builder.info.metadata
   assert meta["classes"][4] == "heart" and meta["unseen"] == [4, 6, 10]
+
+
+def test_objects_world_has_one_centred_object_per_image_and_no_rescale(tmp_path):
+  """shapes_zs3/objects: one category per image, and its spec turns the random rescale off, so a training label is
+  the stored label, flipped or not (unseen pixels marked)."""
+  objects = build.build("shapes_zs3/objects", tmp_path)
+  assert objects.builder.info.metadata["train_ratio_range"] == [1.0, 1.0]
+  labels = [objects.splits["train"][i]["label"][..., 0] for i in range(50)]
+  assert all(len(set(np.unique(label).tolist()) - {IGNORE_INDEX}) == 1 for label in labels)
+  assert {int(np.unique(label)[0]) for label in labels} >= set(objects.spec.seen[:3])
+  lut = pipeline.unseen_lut(len(objects.spec.classes), objects.spec.unseen, "transductive")
+  stored = {objects.splits["train"][i]["image_id"]: lut[objects.splits["train"][i]["label"][..., 0]]
+            for i in range(len(objects.splits["train"]))}
+  batch = next(iter(pipeline.train_dataset(objects.splits["train"], objects.spec, batch_size=8, seed=0,
+                                           process_index=0, process_count=1)))
+  for label in batch["label"]:
+    assert any(np.array_equal(label, s) or np.array_equal(label, s[:, ::-1]) for s in stored.values())

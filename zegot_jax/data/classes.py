@@ -22,9 +22,10 @@ class DatasetSpec:
   unseen: tuple[int, ...]  # indices into `classes`
   split_sizes: dict[str, int]  # official number of examples per split
   crop_size: int  # training crop (square)
-  train_scale: tuple[int, int]  # mmseg's Resize img_scale (long, short), times U(0.5, 2.0) at training
+  train_scale: tuple[int, int]  # mmseg's Resize img_scale (long, short), times U(train_ratio_range) at training
   eval_stride: int  # sliding-window stride at evaluation
   eval_short_side: int  # evaluation resize: short side (keep ratio)
+  train_ratio_range: tuple[float, float] = (0.5, 2.0)  # mmseg's Resize ratio_range
 
   def __post_init__(self):
     bad = [i for i in self.unseen if not 0 <= i < len(self.classes)]
@@ -32,6 +33,9 @@ class DatasetSpec:
       raise ValueError(f"{self.name}: unseen indices {self.unseen} must be distinct and in 0..{len(self.classes) - 1}")
     if len(set(self.classes)) != len(self.classes):
       raise ValueError(f"{self.name}: class names repeat")
+    low, high = self.train_ratio_range
+    if not 0 < low <= high:
+      raise ValueError(f"{self.name}: train_ratio_range={self.train_ratio_range}; expected 0 < low <= high")
 
   @property
   def seen(self) -> tuple[int, ...]:
@@ -45,7 +49,7 @@ class DatasetSpec:
     """What the builders store in the dataset's metadata.json."""
     return dict(classes=list(self.classes), unseen=list(self.unseen), seen=list(self.seen),
                 ignore_index=IGNORE_INDEX, unlabelled_index=UNLABELLED, crop_size=self.crop_size,
-                train_scale=list(self.train_scale),
+                train_scale=list(self.train_scale), train_ratio_range=list(self.train_ratio_range),
                 eval_stride=self.eval_stride, eval_short_side=self.eval_short_side)
 
 

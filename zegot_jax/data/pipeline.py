@@ -72,7 +72,8 @@ def train_dataset(source, spec: DatasetSpec, *, batch_size: int, seed: int, sett
   if len(ds) < batch_size:
     raise ValueError(f"{spec.name}: this process's shard has {len(ds)} examples, fewer than batch_size={batch_size}")
   transform = TrainAugment(spec.crop_size, tuple(spec.train_scale),
-                           unseen_lut(len(spec.classes), spec.unseen, setting), photometric=photometric)
+                           unseen_lut(len(spec.classes), spec.unseen, setting),
+                           ratio_range=tuple(spec.train_ratio_range), photometric=photometric)
   ds = ds.seed(seed).shuffle().repeat().random_map(transform).batch(batch_size, drop_remainder=True)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))
   if num_workers > 0:

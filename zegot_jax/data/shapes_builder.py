@@ -26,13 +26,15 @@ class ShapesConfig(tfds.core.BuilderConfig):
   validation_size: int = 300
   seed: int = 0
   num_objects: tuple[int, int] = (1, 4)
+  single_object: bool = False  # one large, nearly centred object per image (shapes.render_object), no rescale
 
 
 def shapes_spec(config: ShapesConfig) -> DatasetSpec:
   return DatasetSpec(name="shapes_zs3", classes=shapes.CATEGORIES, unseen=shapes.DEFAULT_UNSEEN,
                      split_sizes={"train": config.train_size, "validation": config.validation_size},
                      crop_size=config.image_size, train_scale=(4 * config.image_size, config.image_size),
-                     eval_stride=config.image_size, eval_short_side=config.image_size)
+                     eval_stride=config.image_size, eval_short_side=config.image_size,
+                     train_ratio_range=(1.0, 1.0) if config.single_object else (0.5, 2.0))
 
 
 class ShapesZs3(SegmentationBuilder):
@@ -47,6 +49,9 @@ class ShapesZs3(SegmentationBuilder):
                    image_size=64, train_size=1000, validation_size=200),
       ShapesConfig(name="tiny", description="40 / 10 scenes of 64x64, for tests", image_size=64,
                    train_size=40, validation_size=10),
+      ShapesConfig(name="objects", description="1,000 / 200 images of 64x64, one large centred object each: "
+                   "the view the demo's mini-CLIP knows best (a diagnostic world)", image_size=64, train_size=1000,
+                   validation_size=200, single_object=True),
   ]
 
   @property
@@ -61,6 +66,9 @@ class ShapesZs3(SegmentationBuilder):
     c = self.builder_config
     for i in range(self.spec.split_sizes[split]):
       rng = np.random.default_rng([c.seed, SPLIT_SEEDS[split], i])
-      image, label, _, _ = shapes.render_scene(rng, c.image_size, tuple(c.num_objects))
+      if c.single_object:
+        image, label, _, _ = shapes.render_object(rng, int(rng.integers(len(shapes.CATEGORIES))), c.image_size)
+      else:
+        image, label, _, _ = shapes.render_scene(rng, c.image_size, tuple(c.num_objects))
       image_id = f"{split}_{i:06d}"
       yield image_id, {"image": encode_png(image), "label": encode_png(label[..., None]), "image_id": image_id}
