@@ -7,7 +7,7 @@ scenes if it is given every patch's label? The strongest supervision there is; c
   .venv/bin/python docs/diagnostics/supervised_ceiling.py --batch_size 16 --lr 1e-3 --images 76800 --scenes 40000
 
 The image tower of `mini_clip.mini_config` (optionally with another patch size), initialized from scratch as
-`pretrain_mini_clip` does, plus a linear head on its layer-4 dense features (what ZegOT reads), trained with
+`pretrain_mini_clip` does, plus a linear head on its last layer's dense features (what ZegOT reads), trained with
 per-patch cross-entropy over 12 categories and background on --scenes scenes rendered like the demo's (patch label:
 the category covering at least half of it, else background). Prints, every 6,400 images, the accuracy on the
 object patches of `pretrain_mini_clip.probe_scenes` (the scenes `dense_zero_shot_accuracy` reports on).
@@ -32,7 +32,8 @@ BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "scenes per step")
 LR = flags.DEFINE_float("lr", 2e-3, "peak AdamW learning rate (warmup 50 steps, cosine decay)")
 IMAGES = flags.DEFINE_integer("images", 76800, "training images to show")
 SCENES = flags.DEFINE_integer("scenes", 6000, "distinct training scenes rendered")
-LAYER = 4
+LAYERS = flags.DEFINE_integer("layers", 4, "image tower depth (the dense features are read at its last layer)")
+WIDTH = flags.DEFINE_integer("width", 128, "image tower width (MLP 4×)")
 BACKGROUND = len(shapes.CATEGORIES)
 
 
@@ -46,7 +47,10 @@ def main(argv):
   patch, batch = PATCH_SIZE.value, BATCH_SIZE.value
   tokenizer = mini_clip.caption_tokenizer()
   config = mini_clip.mini_config(len(tokenizer), tokenizer.eos_token_id)
-  config = dataclasses.replace(config, vision=dataclasses.replace(config.vision, patch_size=patch))
+  config = dataclasses.replace(config, vision=dataclasses.replace(
+      config.vision, patch_size=patch, num_hidden_layers=LAYERS.value, hidden_size=WIDTH.value,
+      intermediate_size=4 * WIDTH.value))
+  layer = LAYERS.value
   model = CLIP(config)
   scenes = [shapes.render_scene(np.random.default_rng([7, pm.PRETRAIN_STREAM, i]), mini_clip.IMAGE_SIZE)
             for i in range(SCENES.value)]
@@ -65,8 +69,8 @@ def main(argv):
   opt_state = optimizer.init(params)
 
   def logits(params, x):  # (B, h, w, 13)
-    dense = model.apply({"params": params["clip"]}, normalize_image(x), feature_layers=(LAYER,),
-                        method=CLIP.encode_image).dense_features[LAYER]
+    dense = model.apply({"params": params["clip"]}, normalize_image(x), feature_layers=(layer,),
+                        method=CLIP.encode_image).dense_features[layer]
     return dense @ params["head"]
 
   @jax.jit
