@@ -4,7 +4,10 @@ scenes if it is given every patch's label? The strongest supervision there is; c
   .venv/bin/python docs/diagnostics/supervised_ceiling.py --batch_size 64 --lr 2e-3 --images 76800
   .venv/bin/python docs/diagnostics/supervised_ceiling.py --batch_size 16 --lr 1e-3 --images 76800
   .venv/bin/python docs/diagnostics/supervised_ceiling.py --patch_size 4 --batch_size 16 --lr 1e-3 --images 12800
+  .venv/bin/python docs/diagnostics/supervised_ceiling.py --batch_size 16 --lr 1e-3 --images 400000  # ^C at 147,000
   .venv/bin/python docs/diagnostics/supervised_ceiling.py --batch_size 16 --lr 1e-3 --images 76800 --scenes 40000
+  .venv/bin/python docs/diagnostics/supervised_ceiling.py --batch_size 16 --lr 1e-3 --images 76800 --scenes 40000 \
+      --layers 8 --width 96
 
 The image tower of `mini_clip.mini_config` (optionally with another patch size), initialized from scratch as
 `pretrain_mini_clip` does, plus a linear head on its last layer's dense features (what ZegOT reads), trained with
