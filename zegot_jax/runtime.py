@@ -65,7 +65,7 @@ def model_config(config: ml_collections.ConfigDict) -> zegot.ZegOTConfig:
       num_prompts=m.num_prompts, context_length=m.context_length, dfa_layers=tuple(m.dfa_layers),
       ensemble_lambda=m.ensemble_lambda, matching=m.matching, prompts=m.prompts, fusion_norm=m.fusion_norm,
       dense_features=m.dense_features, decoder_features=m.decoder_features,
-      global_alignment=m.get("global_alignment", True), ga_init=m.get("ga_init", "identity"),
+      global_alignment=m.get("global_alignment", True), ga_init=m.get("ga_init", zegot.ZegOTConfig.ga_init),
       templates=tuple(m.get("templates", zegot.HANDCRAFTED_TEMPLATES)),
       sinkhorn=SinkhornConfig(epsilon=m.sinkhorn.epsilon, max_iterations=m.sinkhorn.max_iterations,
                               threshold=m.sinkhorn.threshold))

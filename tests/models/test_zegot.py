@@ -106,9 +106,8 @@ def test_every_ablation_switch_builds_runs_and_changes_the_output(clip, images, 
   model_a, params_a, tokens_a = _build(clip, config)
   # Shared parameters are taken from the reference so that only the switch differs.
   trainable_a = zegot.split_params(params_a)[0]
-  for key in ("global_alignment", "decoder"):
-    if name != "ga_init=random" or key != "global_alignment":
-      trainable_a[key] = zegot.split_params(params)[0][key]
+  for key in ("decoder",) if name == "ga_init=random" else ("global_alignment", "decoder"):
+    trainable_a[key] = zegot.split_params(params)[0][key]
   out, _ = _run(model_a, zegot.merge_params(trainable_a, params["clip"]), images, tokens_a)
   assert all(np.isfinite(np.asarray(y)).all() for y in out)
   assert float(jnp.abs(out.logits - reference.logits).max()) > 1e-4, f"{name} did not change the output"
