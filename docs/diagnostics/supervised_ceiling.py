@@ -15,6 +15,9 @@ given every patch's label? The strongest supervision there is; caption pretraini
   .venv/bin/python docs/diagnostics/supervised_ceiling.py --batch_size 32 --lr 1e-3 --images 38400 --grid_sincos 2 \
       --mimetic 0.5
   .venv/bin/python docs/diagnostics/supervised_ceiling.py --batch_size 32 --lr 2e-3 --images 64000 --tower cnn
+  # at scale, for a machine with many cores and a GPU (not run yet):
+  python3 docs/diagnostics/supervised_ceiling.py --batch_size 512 --lr 2e-3 --scenes 400000 --images 4000000 \
+      --workers 16 --eval_every 256000
 
 --tower vit (default): the image tower of `mini_clip.mini_config` (optionally with another patch size, depth or
 width), initialized from scratch as `pretrain_mini_clip` does, plus a linear head on its last layer's dense features
@@ -26,7 +29,9 @@ category covering at least half of it, else background). Prints, every 6,400 ima
 patches of `pretrain_mini_clip.probe_scenes` (the scenes `dense_zero_shot_accuracy` reports on).
 """
 
+import concurrent.futures
 import dataclasses
+import multiprocessing
 import time
 
 import flax.linen as nn
@@ -53,6 +58,8 @@ GRID_SINCOS = flags.DEFINE_float("grid_sincos", 0.0, "if > 0: the position embed
                                  "with frequencies from π/2 to π/16 (suited to an 8-patch grid), times this")
 MIMETIC = flags.DEFINE_float("mimetic", 0.0, "if > 0: every attention layer starts with W_k = W_q + this × noise, "
                              "so that tokens first attend to similar tokens and positions (mimetic init)")
+WORKERS = flags.DEFINE_integer("workers", 1, "processes rendering the scenes (the same scenes for any number)")
+EVAL_EVERY = flags.DEFINE_integer("eval_every", 6400, "images between accuracy reports")
 BACKGROUND = len(shapes.CATEGORIES)
 
 
@@ -71,6 +78,25 @@ class SmallCNN(nn.Module):
 def patch_labels(label: np.ndarray, patch_size: int) -> np.ndarray:
   coverage = pm.patch_coverage(label, patch_size)
   return np.where(coverage.max(-1) >= 0.5, coverage.argmax(-1), BACKGROUND)
+
+
+def render_range(start: int, stop: int, patch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Training scenes [start, stop) and their patch labels, each scene from its own generator."""
+  scenes = [shapes.render_scene(np.random.default_rng([7, pm.PRETRAIN_STREAM, i]), mini_clip.IMAGE_SIZE)
+            for i in range(start, stop)]
+  return np.stack([s[0] for s in scenes]), np.stack([patch_labels(s[1], patch_size) for s in scenes])
+
+
+def render_training_scenes(count: int, patch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
+  starts = list(range(0, count, 2000))
+  stops = [min(start + 2000, count) for start in starts]
+  if workers > 1:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+      parts = list(pool.map(render_range, starts, stops, [patch_size] * len(starts)))
+  else:
+    parts = [render_range(a, b, patch_size) for a, b in zip(starts, stops)]
+  return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def grid_sincos(grid: int, width: int, scale: float) -> np.ndarray:
@@ -125,10 +151,7 @@ def main(argv):
   del argv
   patch = PATCH_SIZE.value if TOWER.value == "vit" else mini_clip.PATCH_SIZE
   batch = BATCH_SIZE.value
-  scenes = [shapes.render_scene(np.random.default_rng([7, pm.PRETRAIN_STREAM, i]), mini_clip.IMAGE_SIZE)
-            for i in range(SCENES.value)]
-  images = np.stack([s[0] for s in scenes])
-  labels = np.stack([patch_labels(s[1], patch) for s in scenes])
+  images, labels = render_training_scenes(SCENES.value, patch, WORKERS.value)
   probe_images, probe_labels = pm.probe_scenes(0)
   probe_labels = np.stack([patch_labels(label, patch) for label in probe_labels])
 
@@ -157,7 +180,7 @@ def main(argv):
   for step in range(1, steps + 1):
     index = rng.choice(len(images), batch, replace=False)
     params, opt_state, loss = train_step(params, opt_state, images[index], labels[index])
-    if (step * batch) % 6400 == 0:
+    if step * batch // EVAL_EVERY.value > (step - 1) * batch // EVAL_EVERY.value:
       accuracy = float(object_patch_accuracy(params, probe_images, probe_labels))
       print(f"{step * batch:7d} images  {time.time() - start:6.0f} s  loss {float(loss):.3f}  "
             f"object-patch accuracy {100 * accuracy:.1f}%", flush=True)

@@ -47,6 +47,19 @@ def test_captions_are_pretrained_from_other_images_than_the_dataset():
     assert named == set(np.flatnonzero(present))  # the concept targets are exactly the named categories
 
 
+def test_the_pool_is_the_same_for_any_number_of_rendering_processes():
+  tokenizer = mini_clip.caption_tokenizer()
+  one = pretrain_mini_clip.render_pool(3, 2100, tokenizer, 32)  # three ranges of the pool, the last one short
+  two = pretrain_mini_clip.render_pool(3, 2100, tokenizer, 32, workers=2)
+  for a, b in zip(one[:3], two[:3]):
+    np.testing.assert_array_equal(a, b)
+  assert one[3] == two[3]
+  single = pretrain_mini_clip.render_example(np.random.default_rng([3, pretrain_mini_clip.PRETRAIN_STREAM, 2099]),
+                                             scene=True)  # the last entry is the one its own generator draws
+  np.testing.assert_array_equal(two[0][-1], single[0])
+  assert two[3][-1] == single[1]
+
+
 def test_curriculum_goes_from_single_objects_to_scenes():
   steps = 300
   fractions = [pretrain_mini_clip.scene_fraction(s, steps) for s in range(steps)]

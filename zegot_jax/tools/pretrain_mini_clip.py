@@ -20,8 +20,10 @@ to float tolerance on a CPU). What it does:
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
+import multiprocessing
 import os
 import pathlib
 import shutil
@@ -75,18 +77,41 @@ def render_example(rng: np.random.Generator, scene: bool, size: int = mini_clip.
   return image, text, present
 
 
-def render_pool(seed: int, count: int, tokenizer, context_length: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-  """(images (count, 64, 64, 3) uint8, token ids (count, context_length) int32, presence (count, 12) bool,
-  captions). Even indices are single objects, odd ones scenes."""
+def _render_range(seed: int, start: int, stop: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+  """Pool entries [start, stop): each from its own generator, so any split into ranges gives the same pool."""
   images, texts, present = [], [], []
-  for i in tqdm(range(count), desc="rendering", unit="img", mininterval=2.0):
+  for i in range(start, stop):
     image, text, categories = render_example(np.random.default_rng([seed, PRETRAIN_STREAM, i]), scene=i % 2 == 1)
     images.append(image)
     texts.append(text)
     present.append(categories)
+  return np.stack(images), texts, np.stack(present)
+
+
+def render_pool(seed: int, count: int, tokenizer, context_length: int, workers: int = 1
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+  """(images (count, 64, 64, 3) uint8, token ids (count, context_length) int32, presence (count, 12) bool,
+  captions). Even indices are single objects, odd ones scenes. `workers` > 1 renders in that many processes
+  (for large pools on many-core machines); the pool is the same for any number of workers."""
+  chunk = 1000
+  ranges = [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
+  progress = tqdm(total=count, desc="rendering", unit="img", mininterval=2.0)
+  parts = []
+  if workers > 1:
+    # spawn, not fork: the parent may already run JAX's threads, which a forked child would inherit half-dead.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+      for part in pool.map(_render_range, *zip(*[(seed, a, b) for a, b in ranges])):
+        parts.append(part)
+        progress.update(len(part[1]))
+  else:
+    for a, b in ranges:
+      parts.append(_render_range(seed, a, b))
+      progress.update(b - a)
+  progress.close()
+  texts = [t for part in parts for t in part[1]]
   ids = prompts.tokenize(tokenizer, texts, length=context_length, max_length=context_length)
-  return np.stack(images), ids, np.stack(present), texts
+  return np.concatenate([p[0] for p in parts]), ids, np.concatenate([p[2] for p in parts]), texts
 
 
 def sincos_position_embedding(grid: tuple[int, int], width: int) -> jax.Array:
@@ -216,23 +241,27 @@ def dense_zero_shot_accuracy(model: CLIP, params, tokenizer, images: np.ndarray,
 
 
 def train(*, seed: int = 0, steps: int = 1800, batch_size: int = 128, pool_size: int = 20000, lr: float = 2e-3,
-          warmup_steps: int = 100, weight_decay: float = 0.05, stop_after: int | None = None):
+          warmup_steps: int = 100, weight_decay: float = 0.05, stop_after: int | None = None, workers: int = 1):
   """Pretrains the mini-CLIP; returns (params, config, tokenizer, report). `stop_after` ends the same run (same
-  schedule) after that many steps, to check a prefix of it against the shipped `pretraining.json`."""
+  schedule) after that many steps, to check a prefix of it against the shipped `pretraining.json`. `workers`:
+  processes rendering the pool (any number gives the same pool)."""
   settings = dict(seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr,
                   warmup_steps=warmup_steps, weight_decay=weight_decay)
   start = time.time()
   tokenizer = mini_clip.caption_tokenizer()
   config = mini_clip.mini_config(len(tokenizer), tokenizer.eos_token_id)
-  images, ids, present, texts = render_pool(seed, pool_size, tokenizer, config.text.max_position_embeddings)
+  images, ids, present, texts = render_pool(seed, pool_size, tokenizer, config.text.max_position_embeddings,
+                                           workers)
   concept_ids = jnp.asarray(prompts.tokenize(tokenizer, [ZERO_SHOT_TEMPLATE.format(n) for n in shapes.CATEGORIES]))
   model = CLIP(config)
   size = config.vision.image_size
   params = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
   params["vision_model"]["embeddings"]["position_embedding"]["embedding"] = sincos_position_embedding(
       config.vision.grid, config.vision.hidden_size)
-  params.update(concept_scale=jnp.log(10.0), concept_bias=jnp.full((), -5.0),  # SigLIP's t and b; not saved
-                dense_scale=jnp.log(10.0), dense_bias=jnp.full((), -5.0))
+  # SigLIP's t and b; not saved. Strongly typed float32 like the updates they get: a weakly typed scalar here would
+  # make train_step compile again after the first step.
+  params.update({name: jnp.asarray(value, jnp.float32) for name, value in [
+      ("concept_scale", jnp.log(10.0)), ("concept_bias", -5.0), ("dense_scale", jnp.log(10.0)), ("dense_bias", -5.0)]})
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps)
   optimizer = optax.adamw(schedule, b2=0.98, weight_decay=weight_decay)
   opt_state = optimizer.init(params)
@@ -301,6 +330,8 @@ def _define_flags() -> dict:
       lr=flags.DEFINE_float("lr", 2e-3, "Peak learning rate."),
       warmup_steps=flags.DEFINE_integer("warmup_steps", 100, "Linear warmup steps."),
       weight_decay=flags.DEFINE_float("weight_decay", 0.05, "AdamW weight decay."),
+      workers=flags.DEFINE_integer("workers", 1, "Processes rendering the image pool (the pool is the same for "
+                                   "any number)."),
   )
 
 
