@@ -29,9 +29,8 @@ category covering at least half of it, else background). Prints, every 6,400 ima
 patches of `pretrain_mini_clip.probe_scenes` (the scenes `dense_zero_shot_accuracy` reports on).
 """
 
-import concurrent.futures
 import dataclasses
-import multiprocessing
+import functools
 import time
 
 import flax.linen as nn
@@ -88,14 +87,7 @@ def render_range(start: int, stop: int, patch_size: int) -> tuple[np.ndarray, np
 
 
 def render_training_scenes(count: int, patch_size: int, workers: int) -> tuple[np.ndarray, np.ndarray]:
-  starts = list(range(0, count, 2000))
-  stops = [min(start + 2000, count) for start in starts]
-  if workers > 1:
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-      parts = list(pool.map(render_range, starts, stops, [patch_size] * len(starts)))
-  else:
-    parts = [render_range(a, b, patch_size) for a, b in zip(starts, stops)]
+  parts = pm.map_ranges(functools.partial(render_range, patch_size=patch_size), count, workers, desc="scenes")
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 

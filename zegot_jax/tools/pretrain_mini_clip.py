@@ -21,6 +21,7 @@ to float tolerance on a CPU). What it does:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
 import multiprocessing
@@ -88,27 +89,33 @@ def _render_range(seed: int, start: int, stop: int) -> tuple[np.ndarray, list[st
   return np.stack(images), texts, np.stack(present)
 
 
+def map_ranges(render, count: int, workers: int = 1, chunk: int = 1000, desc: str = "rendering") -> list:
+  """[render(start, stop) for consecutive ranges covering [0, count)], in order, in this process or in `workers`
+  spawned ones (not forked: the parent may already run JAX's threads, which a forked child would inherit
+  half-dead). `render` must be picklable and its result must depend only on the range."""
+  ranges = [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
+  progress = tqdm(total=count, desc=desc, unit="img", mininterval=2.0)
+  results = []
+  with contextlib.ExitStack() as stack:
+    if workers > 1:
+      pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context("spawn")))
+      parts = pool.map(render, *zip(*ranges))
+    else:
+      parts = (render(a, b) for a, b in ranges)
+    for (a, b), part in zip(ranges, parts):
+      results.append(part)
+      progress.update(b - a)
+  progress.close()
+  return results
+
+
 def render_pool(seed: int, count: int, tokenizer, context_length: int, workers: int = 1
                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
   """(images (count, 64, 64, 3) uint8, token ids (count, context_length) int32, presence (count, 12) bool,
   captions). Even indices are single objects, odd ones scenes. `workers` > 1 renders in that many processes
   (for large pools on many-core machines); the pool is the same for any number of workers."""
-  chunk = 1000
-  ranges = [(start, min(start + chunk, count)) for start in range(0, count, chunk)]
-  progress = tqdm(total=count, desc="rendering", unit="img", mininterval=2.0)
-  parts = []
-  if workers > 1:
-    # spawn, not fork: the parent may already run JAX's threads, which a forked child would inherit half-dead.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-      for part in pool.map(_render_range, *zip(*[(seed, a, b) for a, b in ranges])):
-        parts.append(part)
-        progress.update(len(part[1]))
-  else:
-    for a, b in ranges:
-      parts.append(_render_range(seed, a, b))
-      progress.update(b - a)
-  progress.close()
+  parts = map_ranges(functools.partial(_render_range, seed), count, workers)
   texts = [t for part in parts for t in part[1]]
   ids = prompts.tokenize(tokenizer, texts, length=context_length, max_length=context_length)
   return np.concatenate([p[0] for p in parts]), ids, np.concatenate([p[2] for p in parts]), texts
