@@ -91,17 +91,6 @@ def render_training_scenes(count: int, patch_size: int, workers: int) -> tuple[n
   return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def grid_sincos(grid: int, width: int, scale: float) -> np.ndarray:
-  """(1 + grid², width): rows in the first half of the channels, columns in the second; the CLS row is zero."""
-  frequencies = np.pi / 2 ** np.linspace(1, 4, width // 4)
-  rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
-
-  def encode(p):
-    return np.concatenate([np.sin(p.reshape(-1, 1) * frequencies), np.cos(p.reshape(-1, 1) * frequencies)], 1)
-
-  return scale * np.concatenate([np.zeros((1, width)), np.concatenate([encode(rows), encode(cols)], 1)])
-
-
 def vit(patch: int):
   """(init params, logits function) of the mini-CLIP's image tower with a linear head."""
   tokenizer = mini_clip.caption_tokenizer()
@@ -116,7 +105,8 @@ def vit(patch: int):
   embeddings = params["vision_model"]["embeddings"]["position_embedding"]
   embeddings["embedding"] = pm.sincos_position_embedding(config.vision.grid, width)
   if GRID_SINCOS.value > 0:
-    embeddings["embedding"] = jnp.asarray(grid_sincos(config.vision.grid[0], width, GRID_SINCOS.value), jnp.float32)
+    frequencies = np.pi / 2 ** np.linspace(1, 4, width // 4)  # from π/2 to π/16
+    embeddings["embedding"] = GRID_SINCOS.value * pm.sincos_position_embedding(config.vision.grid, width, frequencies)
   if MIMETIC.value > 0:
     rng = np.random.default_rng(1)
     for block in params["vision_model"]["encoder"].values():

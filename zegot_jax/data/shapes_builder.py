@@ -34,7 +34,7 @@ def shapes_spec(config: ShapesConfig) -> DatasetSpec:
                      split_sizes={"train": config.train_size, "validation": config.validation_size},
                      crop_size=config.image_size, train_scale=(4 * config.image_size, config.image_size),
                      eval_stride=config.image_size, eval_short_side=config.image_size,
-                     train_ratio_range=(1.0, 1.0) if config.single_object else (0.5, 2.0))
+                     train_ratio_range=(1.0, 1.0) if config.single_object else DatasetSpec.train_ratio_range)
 
 
 class ShapesZs3(SegmentationBuilder):

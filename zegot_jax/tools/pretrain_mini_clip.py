@@ -121,14 +121,17 @@ def render_pool(seed: int, count: int, tokenizer, context_length: int, workers: 
   return np.concatenate([p[0] for p in parts]), ids, np.concatenate([p[2] for p in parts]), texts
 
 
-def sincos_position_embedding(grid: tuple[int, int], width: int) -> jax.Array:
+def sincos_position_embedding(grid: tuple[int, int], width: int, frequencies: np.ndarray | None = None
+                              ) -> jax.Array:
   """(1 + h·w, width) 2-D sine-cosine position embedding (MAE's initialization; the CLS row is zero): half
   the channels encode the row, half the column, at geometric frequencies. A from-scratch ViT with random
   position embeddings must first learn where its patches are; this one knows, and learns shapes much sooner.
-  The embedding stays a trained parameter."""
+  The embedding stays a trained parameter. `frequencies` (width/4,): angular frequencies per position step; by
+  default MAE's, 1 / 10000^(i / (width/4))."""
   h, w = grid
   quarter = width // 4
-  frequencies = 1.0 / 10000 ** (np.arange(quarter) / quarter)  # (width/4,)
+  if frequencies is None:
+    frequencies = 1.0 / 10000 ** (np.arange(quarter) / quarter)  # (width/4,)
   rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
 
   def encode(positions):  # (h*w,) → (h*w, width/2)
