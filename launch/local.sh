@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts N training processes on this machine, wired together with jax.distributed (CPU or GPUs).
-#   launch/local.sh 2 --config configs/shapes_zs3.py:runlocal=True --workdir /tmp/two_procs
+#   launch/local.sh 2 --config configs/textures_zs3.py:runlocal=True --workdir /tmp/two_procs
 # Each process gets JAX_PROCESS_ID; on a GPU machine each sees one GPU (CUDA_VISIBLE_DEVICES).
 # Set DRY_RUN=1 to print the commands without running them.
 set -euo pipefail

@@ -9,14 +9,14 @@ import pytest
 from PIL import Image
 
 from zegot_jax import predict, trainer
-from zegot_jax.data import shapes
+from zegot_jax.data import textures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-  spec = importlib.util.spec_from_file_location("shapes_config", ROOT / "configs" / "shapes_zs3.py")
+  spec = importlib.util.spec_from_file_location("textures_config", ROOT / "configs" / "textures_zs3.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config("runlocal=True")
@@ -29,7 +29,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def image_path(tmp_path_factory):
-  image, _, _, _ = shapes.render_scene(np.random.default_rng(3), 80)
+  image, _, _ = textures.render_scene(np.random.default_rng(3), 80)
   path = tmp_path_factory.mktemp("img") / "scene.png"
   Image.fromarray(image[:, :72]).save(path)  # non-square, not a multiple of the patch size
   return path

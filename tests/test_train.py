@@ -30,7 +30,7 @@ def _load_config_module(path):
 
 
 def _runlocal(data_dir, **train):
-  config = _load_config_module(ROOT / "configs" / "shapes_zs3.py").get_config("runlocal=True")
+  config = _load_config_module(ROOT / "configs" / "textures_zs3.py").get_config("runlocal=True")
   config.data_dir = str(data_dir)
   config.train.update(dict(eval_every=0, **train))
   return config
@@ -169,7 +169,7 @@ def test_config_argument_and_override_typos_are_errors(tmp_path):
 
 
 def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
-  args = ["--config", "configs/shapes_zs3.py:runlocal=True", f"--config.data_dir={data_dir}",
+  args = ["--config", "configs/textures_zs3.py:runlocal=True", f"--config.data_dir={data_dir}",
           "--workdir", str(tmp_path)]
   trained = subprocess.run([PYTHON, "-m", "zegot_jax.train", *args], cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
@@ -178,7 +178,7 @@ def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
   evaluated = subprocess.run([PYTHON, "-m", "zegot_jax.evaluate", *args, "--max_examples=4"], cwd=ROOT,
                              capture_output=True, text=True, timeout=600)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  result = json.loads((tmp_path / "eval_shapes_zs3_6.json").read_text())
+  result = json.loads((tmp_path / "eval_textures_zs3_6.json").read_text())
   logged = [r for r in _metrics(tmp_path) if "eval/hIoU" in r][-1]
   # The CLI restored from orbax what training evaluated in memory: the same images give the same numbers.
   for key in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU"):

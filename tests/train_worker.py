@@ -20,9 +20,9 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
 
   from zegot_jax import trainer  # pylint: disable=g-import-not-at-top
-  from configs import shapes_zs3  # pylint: disable=g-import-not-at-top
+  from configs import textures_zs3  # pylint: disable=g-import-not-at-top
 
-  config = shapes_zs3.get_config("runlocal=True")
+  config = textures_zs3.get_config("runlocal=True")
   config.data_dir = data_dir
   config.train.eval_every = 0
   for item in overrides:

@@ -58,6 +58,7 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
       phase1_fraction=0.2, teacher=teacher, live_fraction=0.5, seed=0, num_workers=2,
       log_every=50, checkpoint_every=2000, eval_every=steps // 4, eval_max_examples=0))
   c.eval = ml_collections.ConfigDict(dict(
+      split="validation",  # the split evaluation reports on
       seen_bias=0.1 if variant.setting == "inductive" else 0.0,  # the peers' inductive calibration
       batch_windows=0))  # 0: all windows of an image in one call
   c.mesh = ml_collections.ConfigDict(dict(
@@ -71,7 +72,7 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
 
 def apply_runlocal(c: ml_collections.ConfigDict) -> None:
   """Shrinks everything for a smoke run on a laptop CPU (seconds): tiny random CLIP, tiny synthetic data."""
-  c.dataset = "shapes_zs3/tiny"
+  c.dataset = "textures_zs3/tiny"
   c.clip.path = "random-tiny"
   c.clip.image_size = 64
   c.clip.dtype = "float32"

@@ -268,9 +268,19 @@ def image_logits(window_logits: Callable[[jax.Array], jax.Array], image: np.ndar
   return jax.image.resize(logits, (*output_size, num_classes), "bilinear")
 
 
+def evaluation_split(config: ml_collections.ConfigDict, dataset) -> Any:
+  """The split that evaluation reads: `config.eval.split` ("validation" unless the config says otherwise)."""
+  name = config.eval.get("split", "validation")
+  if name not in dataset.splits:
+    raise ValueError(f"config eval.split={name!r}: dataset {dataset.spec.name} has the splits "
+                     f"{sorted(dataset.splits)}; set --config.eval.split to one of them")
+  return dataset.splits[name]
+
+
 def evaluate_dataset(config: ml_collections.ConfigDict, model: zegot.ZegOT, params: Any, tokenizer, *,
                      mesh: jax.sharding.Mesh, dataset_name: str | None = None, max_examples: int = 0) -> dict:
-  """Runs the protocol on the validation split of `dataset_name` (default: the config's dataset).
+  """Runs the protocol on the split `config.eval.split` (default "validation") of `dataset_name` (default: the
+  config's dataset).
 
   params: the full parameter tree (trainable + "clip"). Each process evaluates its shard of the images; the
   counts are summed over processes at the end.
@@ -286,7 +296,7 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model: zegot.ZegOT, para
 
   seen_mask = np.zeros(num_classes, bool)
   seen_mask[list(spec.seen)] = True
-  examples = pipeline.eval_dataset(dataset.splits["validation"], spec)
+  examples = pipeline.eval_dataset(evaluation_split(config, dataset), spec)
   count = len(examples) if not max_examples else min(len(examples), max(1, max_examples // jax.process_count()))
   accumulator = IoUAccumulator(num_classes)
   for i in tqdm(range(count), desc=f"eval {spec.name}", disable=jax.process_index() != 0, leave=False):
@@ -300,5 +310,5 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model: zegot.ZegOT, para
     intersection = np.asarray(multihost_utils.process_allgather(intersection)).sum(0)
     union = np.asarray(multihost_utils.process_allgather(union)).sum(0)
   report = miou_report(intersection, union, spec.classes, spec.seen, spec.unseen)
-  return dict(dataset=spec.name, examples=int(count * jax.process_count()), report=report,
+  return dict(dataset=spec.name, split=config.eval.get("split", "validation"), examples=int(count * jax.process_count()), report=report,
               **{k: report[k] for k in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU")})

@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from zegot_jax.data import build as data_build
 from zegot_jax.data import registry
-from zegot_jax.models import clip_checkpoint, mini_clip, tiny_clip, zegot
+from zegot_jax.models import clip_checkpoint, tiny_clip, zegot
 from zegot_jax.models.mpot import SinkhornConfig
 
 
@@ -45,17 +45,9 @@ def shard_clip_params(clip_params: Any, mesh: jax.sharding.Mesh, config: ml_coll
 
 
 def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
-  """clip.path, with the two built-in names: "random-tiny" (written into the workdir) and "mini-shapes" (the
-  demo's CLIP, shipped in the package)."""
+  """clip.path, with the built-in name "random-tiny" (a tiny random CLIP written into the workdir)."""
   if config.clip.path == tiny_clip.RANDOM_TINY:
     return str(tiny_clip.make_random_clip(workdir / "random_tiny_clip"))
-  if config.clip.path == mini_clip.MINI_CLIP:
-    path = mini_clip.shipped_path()
-    if not (path / "model.safetensors").is_file():
-      raise FileNotFoundError(f"clip.path={mini_clip.MINI_CLIP!r}: the shipped checkpoint is missing from {path}; "
-                              f"reinstall the package or rebuild it with "
-                              f"`python -m zegot_jax.tools.pretrain_mini_clip --out {path}`")
-    return str(path)
   return config.clip.path
 
 
@@ -84,7 +76,7 @@ def open_dataset(config: ml_collections.ConfigDict, name: str | None = None) -> 
   """The built dataset; the synthetic world is built on first use, the benchmarks must be built by the user."""
   name = name or config.dataset
   data_dir = pathlib.Path(config.data_dir).expanduser()
-  if name.startswith("shapes_zs3") and not registry.make_builder(name, data_dir).is_prepared():
+  if registry.is_synthetic(name) and not registry.make_builder(name, data_dir).is_prepared():
     return data_build.build(name, data_dir)
   return registry.load(name, data_dir)
 

@@ -1,7 +1,7 @@
 r"""Trains ZegOT: both phases in one run, sharded jitted steps, orbax checkpoints, exact resume.
 
   python -m zegot_jax.train --config configs/voc12_zs3.py --workdir runs/voc
-  python -m zegot_jax.train --config configs/shapes_zs3.py:runlocal=True --workdir /tmp/smoke
+  python -m zegot_jax.train --config configs/textures_zs3.py:runlocal=True --workdir /tmp/smoke
   python -m zegot_jax.train --config configs/voc12_zs3.py --config.train.steps=1000 --workdir runs/short
 
 Restarting the same command resumes from the latest checkpoint in --workdir; SIGTERM saves and exits.
@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zegot_jax import evaluation, pictures, runtime, trainer
+from zegot_jax import evaluation, runtime, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/voc12_zs3.py[:variants]",
                                           lock_config=True)
@@ -32,9 +32,6 @@ def main(argv):
   if result["eval"]:
     print(evaluation.format_table(result["eval"]["report"]))
     print(f"step {result['step']}: evaluated on {result['eval']['examples']} images of {result['eval']['dataset']}")
-  if config.get("pictures") and config.pictures.num_images > 0 and jax.process_count() == 1:
-    paths = pictures.write_pictures(_WORKDIR.value, config, num_images=config.pictures.num_images)
-    print(f"pictures: {paths[0]} (input | ground truth | prediction | per-prompt score maps of an unseen class)")
 
 
 if __name__ == "__main__":

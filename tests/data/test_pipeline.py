@@ -8,8 +8,8 @@ from zegot_jax.data.classes import IGNORE_INDEX, UNLABELLED
 
 
 @pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-  return build.build("shapes_zs3/tiny", tmp_path_factory.mktemp("tfds"))
+def world(tmp_path_factory):
+  return build.build("textures_zs3/tiny", tmp_path_factory.mktemp("tfds"))
 
 
 def _batches(ds, n):
@@ -25,57 +25,57 @@ def _assert_same(a, b):
       np.testing.assert_array_equal(x[k], y[k])
 
 
-def _train(shapes, **kwargs):
+def _train(world, **kwargs):
   defaults = dict(batch_size=4, seed=3, process_index=0, process_count=1)
-  return pipeline.train_dataset(shapes.splits["train"], shapes.spec, **{**defaults, **kwargs})
+  return pipeline.train_dataset(world.splits["train"], world.spec, **{**defaults, **kwargs})
 
 
-def test_batches_have_crop_shape_and_valid_labels(shapes):
-  for batch in _batches(_train(shapes), 5):
+def test_batches_have_crop_shape_and_valid_labels(world):
+  for batch in _batches(_train(world), 5):
     assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.uint8
     assert batch["label"].shape == (4, 64, 64) and batch["label"].dtype == np.uint8
     values = set(np.unique(batch["label"]).tolist())
-    assert values <= set(shapes.spec.seen) | {UNLABELLED, IGNORE_INDEX}
+    assert values <= set(world.spec.seen) | {UNLABELLED, IGNORE_INDEX}
 
 
-def test_same_seed_same_batches_other_seed_other_batches(shapes):
-  _assert_same(_batches(_train(shapes), 6), _batches(_train(shapes), 6))
-  other = _batches(_train(shapes, seed=4), 1)[0]
-  assert not np.array_equal(other["image"], _batches(_train(shapes), 1)[0]["image"])
+def test_same_seed_same_batches_other_seed_other_batches(world):
+  _assert_same(_batches(_train(world), 6), _batches(_train(world), 6))
+  other = _batches(_train(world, seed=4), 1)[0]
+  assert not np.array_equal(other["image"], _batches(_train(world), 1)[0]["image"])
 
 
-def test_restored_iterator_continues_with_the_same_batches(shapes):
+def test_restored_iterator_continues_with_the_same_batches(world):
   """Crosses an epoch boundary (40 examples = 10 batches) to cover the reshuffle too."""
-  it = iter(_train(shapes))
+  it = iter(_train(world))
   for _ in range(8):
     next(it)
   state = it.get_state()
   expected = [next(it) for _ in range(5)]
-  restored = iter(_train(shapes))
+  restored = iter(_train(world))
   restored.set_state(state)
   _assert_same([next(restored) for _ in range(5)], expected)
 
 
-def test_worker_processes_give_the_same_stream(shapes):
-  _assert_same(_batches(_train(shapes, num_workers=2), 4), _batches(_train(shapes), 4))
+def test_worker_processes_give_the_same_stream(world):
+  _assert_same(_batches(_train(world, num_workers=2), 4), _batches(_train(world), 4))
 
 
-def test_processes_get_disjoint_shards(shapes):
-  source = shapes.splits["train"]
-  ids = [{ex["image_id"] for ex in pipeline.eval_dataset(source, shapes.spec, process_index=p, process_count=2)}
+def test_processes_get_disjoint_shards(world):
+  source = world.splits["train"]
+  ids = [{ex["image_id"] for ex in pipeline.eval_dataset(source, world.spec, process_index=p, process_count=2)}
          for p in range(2)]
   assert ids[0].isdisjoint(ids[1]) and len(ids[0] | ids[1]) == len(source)
-  a = _batches(_train(shapes, process_index=0, process_count=2), 2)
-  b = _batches(_train(shapes, process_index=1, process_count=2), 2)
+  a = _batches(_train(world, process_index=0, process_count=2), 2)
+  b = _batches(_train(world, process_index=1, process_count=2), 2)
   assert not np.array_equal(a[0]["image"], b[0]["image"])
 
 
-def test_unseen_pixels_are_unlabelled_or_ignored(shapes):
-  unseen = list(shapes.spec.unseen)
-  raw_unseen = sum(int(np.isin(shapes.splits["train"][i]["label"], unseen).sum()) for i in range(40))
+def test_unseen_pixels_are_unlabelled_or_ignored(world):
+  unseen = list(world.spec.unseen)
+  raw_unseen = sum(int(np.isin(world.splits["train"][i]["label"], unseen).sum()) for i in range(40))
   assert raw_unseen > 0  # the tiny dataset has unseen objects
-  trans = _batches(_train(shapes, photometric=False), 10)
-  induct = _batches(_train(shapes, setting="inductive", photometric=False), 10)
+  trans = _batches(_train(world, photometric=False), 10)
+  induct = _batches(_train(world, setting="inductive", photometric=False), 10)
   for t, i in zip(trans, induct):
     assert not np.isin(t["label"], unseen).any() and not np.isin(i["label"], unseen).any()
     assert UNLABELLED not in i["label"]
@@ -83,40 +83,13 @@ def test_unseen_pixels_are_unlabelled_or_ignored(shapes):
     np.testing.assert_array_equal(np.where(t["label"] == UNLABELLED, IGNORE_INDEX, t["label"]), i["label"])
   assert sum(int((t["label"] == UNLABELLED).sum()) for t in trans) > 0
   with pytest.raises(ValueError, match="setting='semi'"):
-    _train(shapes, setting="semi")
+    _train(world, setting="semi")
 
 
-def test_eval_examples_keep_labels_at_original_resolution(shapes):
-  ds = pipeline.eval_dataset(shapes.splits["validation"], shapes.spec, process_index=0, process_count=1)
+def test_eval_examples_keep_labels_at_original_resolution(world):
+  ds = pipeline.eval_dataset(world.splits["validation"], world.spec, process_index=0, process_count=1)
   assert len(ds) == 10
   ex = ds[0]
-  raw = shapes.splits["validation"][0]
+  raw = world.splits["validation"][0]
   np.testing.assert_array_equal(ex["label"], raw["label"][..., 0])
-  assert min(ex["image"].shape[:2]) == shapes.spec.eval_short_side and ex["image_id"] == raw["image_id"].decode()
-
-
-def test_shapes_builder_is_deterministic(shapes, tmp_path):
-  again = build.build("shapes_zs3/tiny", tmp_path)
-  for split in ("train", "validation"):
-    for i in (0, 5, len(again.splits[split]) - 1):
-      a, b = shapes.splits[split][i], again.splits[split][i]
-      np.testing.assert_array_equal(a["image"], b["image"])
-      np.testing.assert_array_equal(a["label"], b["label"])
-  meta = again.builder.info.metadata
-  assert meta["classes"][4] == "heart" and meta["unseen"] == [4, 6, 10]
-
-
-def test_objects_world_has_one_centred_object_per_image_and_no_rescale(tmp_path):
-  """shapes_zs3/objects: one category per image, and its spec turns the random rescale off, so a training label is
-  the stored label, flipped or not (unseen pixels marked)."""
-  objects = build.build("shapes_zs3/objects", tmp_path)
-  assert objects.builder.info.metadata["train_ratio_range"] == [1.0, 1.0]
-  labels = [objects.splits["train"][i]["label"][..., 0] for i in range(50)]
-  assert all(len(set(np.unique(label).tolist()) - {IGNORE_INDEX}) == 1 for label in labels)
-  assert {int(np.unique(label)[0]) for label in labels} >= set(objects.spec.seen[:3])
-  lut = pipeline.unseen_lut(len(objects.spec.classes), objects.spec.unseen, "transductive")
-  stored = [lut[example["label"][..., 0]] for example in objects.splits["train"]]
-  batch = next(iter(pipeline.train_dataset(objects.splits["train"], objects.spec, batch_size=8, seed=0,
-                                           process_index=0, process_count=1)))
-  for label in batch["label"]:
-    assert any(np.array_equal(label, s) or np.array_equal(label, s[:, ::-1]) for s in stored)
+  assert min(ex["image"].shape[:2]) == world.spec.eval_short_side and ex["image_id"] == raw["image_id"].decode()

@@ -3,7 +3,7 @@ r"""Builds a dataset once, from what the user downloaded, checking it as it goes
   python -m zegot_jax.data.build voc12_zs3 --manual_dir ~/data/VOC --data_dir ~/tensorflow_datasets
   python -m zegot_jax.data.build pascal_context59_zs3 --manual_dir ~/data/Context --data_dir ...
   python -m zegot_jax.data.build coco_stuff171_zs3 --manual_dir ~/data/coco_stuff164k --data_dir ...
-  python -m zegot_jax.data.build shapes_zs3 --data_dir ...        # synthetic, no download
+  python -m zegot_jax.data.build textures_zs3 --data_dir ...      # synthetic, no download
 
 Run with a dataset name only and no --manual_dir to see the layout it expects.
 """
@@ -22,13 +22,13 @@ from zegot_jax.data.builders import DatasetContentError, DatasetLayoutError
 
 _DATA_DIR = flags.DEFINE_string("data_dir", str(pathlib.Path.home() / "tensorflow_datasets"),
                                 "where the built dataset is written")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "where the downloaded files are (not for shapes_zs3)")
+_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "where the downloaded files are (not for the synthetic textures_zs3)")
 _ALLOW_PARTIAL = flags.DEFINE_bool("allow_partial", False, "accept split sizes other than the official ones")
 
 
 def build(name: str, data_dir: str, manual_dir: str | None = None, allow_partial: bool = False) -> registry.Dataset:
   builder = registry.make_builder(name, data_dir, verify_counts=not allow_partial)
-  if manual_dir is None and not name.startswith("shapes_zs3"):
+  if manual_dir is None and not registry.is_synthetic(name):
     raise DatasetLayoutError(f"{name} is built from files you download; pass --manual_dir.\n"
                              f"Expected layout of --manual_dir:\n{builder.LAYOUT}")
   if manual_dir is not None and (not pathlib.Path(manual_dir).is_dir() or not any(pathlib.Path(manual_dir).iterdir())):

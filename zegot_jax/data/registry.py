@@ -8,15 +8,21 @@ from typing import Any, NamedTuple
 
 from zegot_jax.data.builders import BUILDERS, SegmentationBuilder
 from zegot_jax.data.classes import DatasetSpec
-from zegot_jax.data.shapes_builder import ShapesZs3
+from zegot_jax.data.textures_builder import TexturesZs3
 
-ALL_BUILDERS: dict[str, type[SegmentationBuilder]] = {**BUILDERS, ShapesZs3.name: ShapesZs3}
+SYNTHETIC: dict[str, type[SegmentationBuilder]] = {TexturesZs3.name: TexturesZs3}  # render themselves: no download
+ALL_BUILDERS: dict[str, type[SegmentationBuilder]] = {**BUILDERS, **SYNTHETIC}
 
 
 class Dataset(NamedTuple):
   spec: DatasetSpec  # classes, unseen split, crop and evaluation settings (from the built dataset's metadata)
   splits: dict[str, Any]  # split name → tfds ArrayRecordDataSource (len, random access, decoded numpy)
   builder: SegmentationBuilder
+
+
+def is_synthetic(name: str) -> bool:
+  """Whether the dataset renders itself (built on first use, no manual directory)."""
+  return name.partition("/")[0] in SYNTHETIC
 
 
 def _parse(name: str) -> tuple[str, str | None]:
@@ -27,7 +33,7 @@ def _parse(name: str) -> tuple[str, str | None]:
 
 
 def make_builder(name: str, data_dir: str | pathlib.Path, **kwargs) -> SegmentationBuilder:
-  """name: a dataset name, optionally with a config ('shapes_zs3/tiny')."""
+  """name: a dataset name, optionally with a config ('textures_zs3/tiny')."""
   base, config = _parse(name)
   # array_record: the format tfds writes and reads without TensorFlow, with random access for grain.
   return ALL_BUILDERS[base](data_dir=str(data_dir), config=config, file_format="array_record", **kwargs)
@@ -40,7 +46,7 @@ def load(name: str, data_dir: str | pathlib.Path) -> Dataset:
     raise FileNotFoundError(
         f"dataset {name!r} is not built in {data_dir} (looked for {builder.data_dir}). Build it with\n"
         f"    python -m zegot_jax.data.build {name} --data_dir {data_dir}"
-        + ("" if name.startswith("shapes_zs3") else " --manual_dir <where you downloaded it>"))
+        + ("" if is_synthetic(name) else " --manual_dir <where you downloaded it>"))
   splits = builder.as_data_source()
   return Dataset(builder.spec, dict(splits), builder)
 

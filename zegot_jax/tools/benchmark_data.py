@@ -1,4 +1,4 @@
-r"""Build time of `shapes_zs3` and throughput of its training pipeline on this machine.
+r"""Build time of `textures_zs3` and throughput of its training pipeline on this machine.
 
   python -m zegot_jax.tools.benchmark_data                 # default config: 2,000 + 300 scenes of 96²
   python -m zegot_jax.tools.benchmark_data --workers 0,2 --batches 100
@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from zegot_jax.data import build, pipeline
 
-_NAME = flags.DEFINE_string("name", "shapes_zs3", "dataset (with config) to build")
+_NAME = flags.DEFINE_string("name", "textures_zs3", "dataset (with config) to build")
 _BATCH = flags.DEFINE_integer("batch", 16, "batch size")
 _BATCHES = flags.DEFINE_integer("batches", 100, "batches timed per setting (after 5 warm-up batches)")
 _WORKERS = flags.DEFINE_list("workers", ["0", "2"], "worker process counts to time")

@@ -1,32 +1,25 @@
-"""The mini-CLIP of the offline demo: a small CLIP pretrained on captions of the `shapes_zs3` world.
+"""The demo's mini-CLIP: a small CLIP pretrained on captions of the `textures_zs3` world.
 
-It ships inside the package (`zegot_jax/assets/mini_clip_shapes/`, transformers' format) and is selected with
-`clip.path = "mini-shapes"`; it loads through the same `clip_checkpoint.from_pretrained` as any real CLIP.
-`python -m zegot_jax.tools.pretrain_mini_clip --out DIR` reproduces it. This module holds what both need: the
-architecture and the caption tokenizer.
+It ships inside the package (`zegot_jax/demo/mini_clip/`, transformers' format, with `knowledge.json`: what it
+knows, measured on held-out scenes) and is selected with `clip.path = "mini-clip"`; it loads through the same
+`clip_checkpoint.from_pretrained` as any real CLIP. `python -m zegot_jax.demo.pretrain --out DIR` reproduces
+it. This module holds what both need: the architecture and the caption tokenizer.
 """
 
 from __future__ import annotations
 
 import pathlib
 
-from zegot_jax.data import shapes
+from zegot_jax.data import textures
 from zegot_jax.models.clip import CLIPConfig, TextConfig, VisionConfig
 
-MINI_CLIP = "mini-shapes"  # the clip.path that selects the shipped checkpoint
 IMAGE_SIZE = 64  # pretraining resolution; the demo segments at this size too
 PATCH_SIZE = 8  # an 8×8 grid of patches at IMAGE_SIZE
-TEMPLATE_WORDS = ("a", "an", "and", "on", "background", "nothing")  # the captions' other words
 
 
 def shipped_path() -> pathlib.Path:
   """The checkpoint directory inside the installed package."""
-  return pathlib.Path(__file__).resolve().parent.parent / "assets" / "mini_clip_shapes"
-
-
-def caption_words() -> tuple[str, ...]:
-  """Every word a `shapes.caption` uses, sorted."""
-  return tuple(sorted(set(shapes.CATEGORIES) | set(shapes.COLOURS) | set(shapes.BACKGROUNDS) | set(TEMPLATE_WORDS)))
+  return pathlib.Path(__file__).resolve().parent / "mini_clip"
 
 
 def caption_tokenizer():
@@ -54,7 +47,7 @@ def caption_tokenizer():
       symbols[i:i + 2] = [symbols[i] + symbols[i + 1]]
     return symbols
 
-  for word in caption_words():
+  for word in textures.caption_words():
     pieces = split(list(word[:-1]) + [word[-1] + "</w>"])
     merged = pieces[0]
     for piece in pieces[1:]:

@@ -7,11 +7,11 @@ r"""The demo's results table: mIoU(S), mIoU(U), hIoU, mean ± std over seeds, fo
 
 (b)-(d) trained in the inductive and the transductive setting.
 
-  python -m zegot_jax.tools.demo_results --out runs/demo_results [--seeds 0,1,2] [--config configs/demo.py]
-      [--dataset shapes_zs3/objects]
+  python -m zegot_jax.demo.results --out runs/demo_results [--seeds 0,1,2] [--config configs/demo.py]
 
 Every run is a normal training run in <out>/<row>_<setting>_seed<s>/ (inspectable, resumable); a run whose
-result.json exists is not redone, so an interrupted table continues where it stopped. Writes <out>/results.json
+result.json exists is not redone, so an interrupted table continues where it stopped. Every run is evaluated on
+the config's evaluation split (the demo's: test). Writes <out>/results.json
 and <out>/results.md. The seed sets the initialization, the batch order and the augmentation; the dataset and the
 CLIP stay fixed, so (a), which has nothing random, has a standard deviation of 0.
 """
@@ -55,12 +55,9 @@ def evaluate_untrained(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   return evaluation.evaluate_dataset(config, run.model, run.params, run.tokenizer, mesh=run.mesh)
 
 
-def run_config(config_path: str, variant: str | None, setting: str, seed: int, steps: int | None,
-               dataset: str | None = None):
+def run_config(config_path: str, variant: str | None, setting: str, seed: int, steps: int | None):
   arg = ",".join(filter(None, [f"setting={setting}", variant]))
   config = config_lib.load_config(f"{config_path}:{arg}")
-  if dataset:
-    config.dataset = dataset
   config.train.seed = seed
   config.pictures.num_images = 0
   if steps:
@@ -85,7 +82,7 @@ def results_table(results: dict) -> str:
 
 
 def run_all(out: str | pathlib.Path, *, config_path: str = "configs/demo.py", seeds=(0, 1, 2),
-            steps: int | None = None, dataset: str | None = None) -> dict:
+            steps: int | None = None) -> dict:
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   results = {}
@@ -99,19 +96,20 @@ def run_all(out: str | pathlib.Path, *, config_path: str = "configs/demo.py", se
         done = workdir / "result.json"
         if not done.is_file():
           config = run_config(config_path, variant or "", "transductive" if variant is None else setting, seed,
-                              steps, dataset)
+                              steps)
           if variant is None:
             result = evaluate_untrained(baseline_config(config), workdir, seed)
           else:
             result = trainer.train_and_evaluate(config, workdir)["eval"]
           workdir.mkdir(parents=True, exist_ok=True)
-          done.write_text(json.dumps({k: result[k] for k in ("dataset", "examples", *METRICS, "report")}, indent=1))
+          done.write_text(json.dumps({k: result[k] for k in ("dataset", "split", "examples", *METRICS, "report")},
+                                    indent=1))
         runs.append(json.loads(done.read_text()))
         print(f"{row:12s} {setting:13s} seed {seed}: " + "  ".join(f"{m} {runs[-1][m]:.2f}" for m in METRICS),
               flush=True)
       results[row][setting] = _summary(runs)
   (out / "results.json").write_text(json.dumps(dict(seeds=list(seeds), config=config_path, steps=steps,
-                                                    dataset=dataset, results=results), indent=1))
+                                                    results=results), indent=1))
   table = results_table(results)
   (out / "results.md").write_text(table + "\n")
   return dict(results=results, table=table)
@@ -121,7 +119,7 @@ def main(argv, f: dict):
   del argv
   logging.set_verbosity(logging.WARNING)
   summary = run_all(f["out"].value, config_path=f["config"].value, seeds=tuple(int(s) for s in f["seeds"].value),
-                    steps=f["steps"].value, dataset=f["dataset"].value)
+                    steps=f["steps"].value)
   print(summary["table"])
   print(f"written to {f['out'].value}/results.md and results.json")
 
@@ -130,7 +128,5 @@ if __name__ == "__main__":  # flags defined only when run as a program: importin
   _flags = dict(out=flags.DEFINE_string("out", "runs/demo_results", "directory of the runs and the table"),
                 seeds=flags.DEFINE_list("seeds", ["0", "1", "2"], "training seeds"),
                 config=flags.DEFINE_string("config", "configs/demo.py", "the demo config file"),
-                steps=flags.DEFINE_integer("steps", None, "override train.steps (default: the config's)"),
-                dataset=flags.DEFINE_string("dataset", None, "override the config's dataset, e.g. "
-                                            "shapes_zs3/objects (default: the config's)"))
+                steps=flags.DEFINE_integer("steps", None, "override train.steps (default: the config's)"))
   app.run(functools.partial(main, f=_flags))

@@ -1,4 +1,4 @@
-r"""Pictures of a trained run, after the paper's Figure 1: for a few validation images, one row each of
+r"""Pictures of a trained run, after the paper's Figure 1: for a few evaluation images, one row each of
 
   input | ground truth | prediction | the score map S* of each prompt for one unseen class
 
@@ -7,9 +7,10 @@ the ground truth has no class (background, which is not evaluated); the unseen c
 covering most of that image (the first unseen class when none is present). Score maps are ZegOT's fused,
 transport-refined maps S* (eq. 8) at the patch grid, each scaled to its own min-max, brighter is higher.
 
-  python -m zegot_jax.pictures --workdir runs/demo [--num_images 4]
+  python -m zegot_jax.demo.pictures --workdir runs/demo [--num_images 4]
 
-Training writes them at the end when `config.pictures.num_images > 0` (configs/demo.py does).
+The demo (`python -m zegot_jax.demo`) writes them after training. Images come from the config's evaluation
+split (`eval.split`).
 """
 
 from __future__ import annotations
@@ -101,17 +102,18 @@ def figure_row(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, pro
 
 def write_pictures(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, *, num_images: int = 4,
                    step: int | None = None, out: str | pathlib.Path | None = None) -> list[pathlib.Path]:
-  """Writes example_<i>.png (one row each) and figure.png (all rows) for the first `num_images` validation
-  images that hold an unseen class; returns their paths."""
+  """Writes example_<i>.png (one row each) and figure.png (all rows) for the first `num_images` images of the
+  evaluation split that hold an unseen class; returns their paths."""
   workdir = pathlib.Path(workdir).expanduser()
   out = pathlib.Path(out) if out else workdir / "pictures"
   run = trainer.load_run(workdir, config, step)
   dataset = runtime.open_dataset(config)
   spec, names = dataset.spec, list(dataset.spec.classes)
-  examples = pipeline.eval_dataset(dataset.splits["validation"], spec)
+  split = config.eval.get("split", "validation")
+  examples = pipeline.eval_dataset(evaluation.evaluation_split(config, dataset), spec)
   chosen = [i for i in range(len(examples)) if np.isin(examples[i]["label"], spec.unseen).any()][:num_images]
   if not chosen:
-    raise ValueError(f"no validation image of {spec.name} holds an unseen class")
+    raise ValueError(f"no {split} image of {spec.name} holds an unseen class")
   tokens = jnp.asarray(zegot.class_tokens(run.tokenizer, names, run.model.config))
   text = evaluation.encode_classes(run.model)(run.params, tokens)
 
@@ -122,11 +124,11 @@ def write_pictures(workdir: str | pathlib.Path, config: ml_collections.ConfigDic
 
   out.mkdir(parents=True, exist_ok=True)
   rows, paths = [], []
-  for i in chosen:  # one image per call: validation images may differ in size
+  for i in chosen:  # one image per call: evaluation images may differ in size
     ex = examples[i]
     image, label = ex["image"], ex["label"]
     if image.shape[:2] != label.shape:
-      raise ValueError(f"{spec.name} validation image {i}: image {image.shape[:2]} and label {label.shape} differ")
+      raise ValueError(f"{spec.name} {split} image {i}: image {image.shape[:2]} and label {label.shape} differ")
     logits, fused = segment(jnp.asarray(image))
     prediction = np.asarray(evaluation.predict_labels(logits)).astype(np.uint8)
     areas = [(label == k).sum() for k in spec.unseen]
@@ -142,7 +144,7 @@ def write_pictures(workdir: str | pathlib.Path, config: ml_collections.ConfigDic
     figure.paste(row, (0, y))
     y += row.height + GAP
   figure.save(out / "figure.png")
-  (out / "pictures.json").write_text(json.dumps(dict(step=run.step, images=chosen, files=[p.name for p in paths]),
+  (out / "pictures.json").write_text(json.dumps(dict(step=run.step, split=split, images=chosen, files=[p.name for p in paths]),
                                                 indent=2))
   return [out / "figure.png", *paths]
 
@@ -157,7 +159,7 @@ def main(argv, f: dict):
 
 if __name__ == "__main__":  # flags defined only when run as a program: importing this module defines none
   _flags = dict(workdir=flags.DEFINE_string("workdir", None, "a training run's directory"),
-                num_images=flags.DEFINE_integer("num_images", 4, "how many validation images (rows)"),
+                num_images=flags.DEFINE_integer("num_images", 4, "how many evaluation images (rows)"),
                 step=flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)"))
   flags.mark_flags_as_required(["workdir"])
   app.run(functools.partial(main, f=_flags))

@@ -1,0 +1,138 @@
+"""The demo's mini-CLIP: its caption tokenizer, what the shipped checkpoint knows, and that the pretraining script
+reproduces it."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+import transformers
+
+from zegot_jax.data import textures
+from zegot_jax.demo import mini_clip, pretrain, probe
+from zegot_jax.models import clip_checkpoint, prompts
+
+SHIPPED = mini_clip.shipped_path()
+# Dense zero-shot accuracy per patch at the last layer (nearest class prompt; chance 8.3%) on fresh held-out
+# scenes (seed 1; knowledge.json is measured on seed 0). Measured: see knowledge.json and the README.
+MIN_DENSE_SEEN = 0.25
+MIN_DENSE_UNSEEN = 0.25
+
+
+def test_every_caption_word_is_one_token_and_files_round_trip(tmp_path):
+  tokenizer = mini_clip.caption_tokenizer()
+  for word in textures.caption_words():
+    assert len(tokenizer(word, add_special_tokens=False)["input_ids"]) == 1, word
+  tokenizer.save_pretrained(tmp_path)
+  loaded = prompts.load_tokenizer(tmp_path)
+  assert isinstance(loaded, transformers.CLIPTokenizer)
+  texts = ["a pattern of red zigzag, bricks and blue dots.", "X X X X rings.", "a teapot."]
+  assert loaded(texts)["input_ids"] == tokenizer(texts)["input_ids"]
+  assert loaded("a teapot.")["input_ids"][2:-2] != []  # an unknown word is still spelled out
+  again = tmp_path / "again"
+  mini_clip.caption_tokenizer().save_pretrained(again)
+  assert (again / "tokenizer.json").read_text() == (tmp_path / "tokenizer.json").read_text()
+
+
+def test_pretraining_images_are_not_the_datasets_and_captions_name_their_regions():
+  images, texts = pretrain._render_range(0, np.arange(30))  # pylint: disable=protected-access
+  for i, (image, text) in enumerate(zip(images, texts)):
+    for stream in (0, 1, 2):  # the dataset's train, validation and test streams
+      assert not np.array_equal(image, textures.render_scene(np.random.default_rng([0, stream, i]), 64)[0])
+    rng = np.random.default_rng([0, pretrain.PRETRAIN_STREAM, i])
+    _, label, regions = textures.render_scene(rng, 64, pretrain.PRETRAIN_REGIONS)
+    words = text[:-1].replace(",", "").split()
+    assert sorted(w for w in words if w in textures.CATEGORIES) == sorted(
+        textures.CATEGORIES[c] for c in np.unique(label))
+
+
+def test_the_pool_is_the_same_for_any_number_of_rendering_processes():
+  tokenizer = mini_clip.caption_tokenizer()
+  indices = np.arange(0, 2300, 2)  # two chunks, the second one short
+  one = pretrain.render_pool(3, indices, tokenizer, 32)
+  two = pretrain.render_pool(3, indices, tokenizer, 32, workers=2)
+  np.testing.assert_array_equal(one[0], two[0])
+  np.testing.assert_array_equal(one[1], two[1])
+  assert one[2] == two[2]
+  last, text = pretrain._render_range(3, indices[-1:])  # pylint: disable=protected-access
+  np.testing.assert_array_equal(two[0][-1], last[0])  # entry i is the one its own generator draws
+  assert two[2][-1] == text[0]
+
+
+def test_batches_are_epochs_of_permutations():
+  batches = pretrain.batch_indices(0, steps=25, batch_size=8, pool_size=50)  # 200 draws: 4 epochs
+  for epoch in batches.reshape(4, 50):
+    assert sorted(epoch) == list(range(50))
+  assert not np.array_equal(batches, pretrain.batch_indices(1, 25, 8, 50))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+  assert (SHIPPED / "model.safetensors").is_file(), f"the shipped mini-CLIP is missing from {SHIPPED}"
+  return clip_checkpoint.from_pretrained(SHIPPED)
+
+
+def test_shipped_checkpoint_is_a_transformers_clip(shipped):
+  hf = transformers.CLIPConfig.from_pretrained(SHIPPED)
+  assert hf.vision_config.num_hidden_layers == shipped.config.vision.num_hidden_layers
+  tokenizer = transformers.CLIPTokenizer.from_pretrained(SHIPPED)
+  assert tokenizer.eos_token_id == shipped.config.text.eos_token_id
+  assert len(tokenizer) == shipped.config.text.vocab_size
+
+
+def test_shipped_clip_dense_zero_shot_on_held_out_scenes(shipped):
+  """The patch features of the last layer name seen and unseen categories far above chance (1/12) on scenes
+  the pretraining never showed."""
+  tokenizer = prompts.load_tokenizer(SHIPPED)
+  images, labels = probe.probe_scenes(probe.PROBE_STREAM + 1, 200, seed=1)
+  _, dense = probe.features(shipped.model, shipped.params, images, (4,))
+  text = np.asarray(probe.class_text(shipped.model, shipped.params, tokenizer))
+  patch, cover = probe.patch_labels(labels, 8)
+  keep = cover >= 0.5
+  accuracy = probe._accuracy(np.argmax(dense[4] @ text.T, -1)[keep], patch[keep])  # pylint: disable=protected-access
+  assert accuracy["seen"] >= MIN_DENSE_SEEN and accuracy["unseen"] >= MIN_DENSE_UNSEEN, accuracy
+
+
+def test_knowledge_json_is_what_the_shipped_weights_measure(shipped):
+  """knowledge.json beside the weights is current: re-measured now, the same numbers."""
+  recorded = json.loads((SHIPPED / "knowledge.json").read_text())
+  measured = probe.knowledge(shipped.model, shipped.params, prompts.load_tokenizer(SHIPPED))
+  for key in ("image_zero_shot", "linear_probe", "seen_trained_alignment"):
+    assert measured[key]["seen"] == pytest.approx(recorded[key]["seen"], abs=0.01), key
+    assert measured[key]["unseen"] == pytest.approx(recorded[key]["unseen"], abs=0.01), key
+  for layer, value in recorded["dense_zero_shot"].items():
+    assert measured["dense_zero_shot"][layer]["seen"] == pytest.approx(value["seen"], abs=0.01), layer
+
+
+def test_patch_labels_are_the_majority_category_and_its_share():
+  rng = np.random.default_rng(0)
+  labels = rng.choice(np.array([0, 3, 11], np.uint8), size=(2, 16, 16))
+  patch, cover = probe.patch_labels(labels, 8)
+  assert patch.shape == cover.shape == (2, 2, 2)
+  for s, y, x in [(0, 0, 0), (1, 1, 0), (0, 1, 1)]:
+    block = labels[s, 8 * y:8 * y + 8, 8 * x:8 * x + 8]
+    counts = np.bincount(block.ravel(), minlength=12)
+    assert patch[s, y, x] == counts.argmax() and cover[s, y, x] == pytest.approx(counts.max() / 64)
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+  return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_pretraining_reproduces_the_shipped_run():
+  """The first 100 steps of the shipped settings give the shipped run's recorded loss, step by step. The whole
+  run (ZEGOT_SLOW=1) must give the shipped weights."""
+  report = json.loads((SHIPPED / "pretraining.json").read_text())
+  settings = report["settings"]
+  if os.environ.get("ZEGOT_SLOW") == "1":
+    params, _, _, again = pretrain.train(**settings)
+    a, b = _flat(params), _flat(clip_checkpoint.from_pretrained(SHIPPED).params)
+    assert a.keys() == b.keys()
+    for key in a:
+      np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)
+    assert again["loss"] == pytest.approx(report["loss"], rel=1e-4)
+    return
+  _, _, _, again = pretrain.train(**settings, stop_after=100)
+  assert len(again["loss"]) == 100
+  assert again["loss"] == pytest.approx(report["loss"][:100], rel=1e-4)

@@ -1,0 +1,237 @@
+r"""Pretrains the demo's mini-CLIP the way CLIP is pretrained: image-caption contrastive, at the image level.
+
+  python -m zegot_jax.demo.pretrain --out DIR [--seed 0] [--workers 2]
+
+The defaults reproduce the checkpoint shipped in `zegot_jax/demo/mini_clip/` (same seed, same numbers to float
+tolerance on a CPU). What it does:
+
+1. renders a pool of scenes of the textures world (1-4 regions, 64×64), entry i from its own generator seeded by
+   (seed, PRETRAIN_STREAM, i): never an image of the `textures_zs3` dataset (streams 0-2);
+2. captions each one ("a pattern of red zigzag, bricks and blue dots."): the regions' categories in random
+   order, colours named or not, after one of a few prefixes. No pixel labels, no region boxes: only the caption;
+3. trains both towers from scratch with CLIP's symmetric InfoNCE between the images' CLS embeddings and their
+   captions' EOS embeddings (learned temperature, clipped at 100), AdamW with warmup + cosine decay. The image
+   tower's position embedding starts as a 2-D sine-cosine table (a from-scratch ViT need not learn where its
+   patches are); nothing else differs from CLIP;
+4. writes the checkpoint in transformers' format with the caption tokenizer, `pretraining.json` (settings and the
+   loss of every step) and `knowledge.json` (what the model knows, measured on held-out scenes: `probe.py`).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import functools
+import json
+import multiprocessing
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from tqdm import tqdm
+
+from zegot_jax.data import textures
+from zegot_jax.demo import mini_clip, probe
+from zegot_jax.models import clip_checkpoint, prompts
+from zegot_jax.models.clip import CLIP, normalize_image
+
+PRETRAIN_STREAM = 1000  # generator stream of the pretraining images (textures_zs3 uses 0, 1 and 2)
+PRETRAIN_REGIONS = (1, 4)  # regions per pretraining scene (the dataset's scenes have 2-4)
+CAPTION_LENGTH = 20  # tokens per caption, padded (the longest caption has 17): text tower cost stays small
+DEFAULTS = dict(seed=0, steps=4000, batch_size=64, pool_size=100000, lr=1e-3, warmup_steps=200, weight_decay=0.1)
+
+
+def _render_range(seed: int, indices: np.ndarray) -> tuple[np.ndarray, list[str]]:
+  """Pool entries `indices`: each from its own generator, so any subset or split gives the same entries."""
+  images, texts = [], []
+  for i in indices:
+    rng = np.random.default_rng([seed, PRETRAIN_STREAM, int(i)])
+    image, _, regions = textures.render_scene(rng, mini_clip.IMAGE_SIZE, PRETRAIN_REGIONS)
+    images.append(image)
+    texts.append(textures.caption(regions, rng))
+  return np.stack(images), texts
+
+
+def map_chunks(render, items: np.ndarray, workers: int = 1, chunk: int = 1000, desc: str = "rendering") -> list:
+  """[render(items[a:b]) for consecutive chunks of `items`], in order, in this process or in `workers` spawned
+  ones (not forked: the parent may already run JAX's threads, which a forked child would inherit half-dead).
+  `render` must be picklable and its result must depend only on its items."""
+  parts_in = [items[a:a + chunk] for a in range(0, len(items), chunk)]
+  progress = tqdm(total=len(items), desc=desc, unit="img", mininterval=2.0)
+  results = []
+  with contextlib.ExitStack() as stack:
+    if workers > 1:
+      pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+          workers, mp_context=multiprocessing.get_context("spawn")))
+      parts = pool.map(render, parts_in)
+    else:
+      parts = map(render, parts_in)
+    for part_in, part in zip(parts_in, parts):
+      results.append(part)
+      progress.update(len(part_in))
+  progress.close()
+  return results
+
+
+def render_pool(seed: int, indices: np.ndarray, tokenizer, context_length: int, workers: int = 1
+                ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+  """(images (n, 64, 64, 3) uint8, caption token ids (n, context_length) int32, captions) of pool entries
+  `indices`; the same for any number of `workers`."""
+  parts = map_chunks(functools.partial(_render_range, seed), np.asarray(indices), workers)
+  texts = [t for part in parts for t in part[1]]
+  ids = prompts.tokenize(tokenizer, texts, length=context_length, max_length=context_length)
+  return np.concatenate([p[0] for p in parts]), ids, texts
+
+
+def batch_indices(seed: int, steps: int, batch_size: int, pool_size: int) -> np.ndarray:
+  """(steps, batch_size) pool indices: epochs of random permutations of the pool, one after another."""
+  rng = np.random.default_rng([seed, PRETRAIN_STREAM])
+  epochs = -(-steps * batch_size // pool_size)
+  order = np.concatenate([rng.permutation(pool_size) for _ in range(epochs)])
+  return order[:steps * batch_size].reshape(steps, batch_size)
+
+
+def sincos_position_embedding(grid: tuple[int, int], width: int) -> jax.Array:
+  """(1 + h·w, width) 2-D sine-cosine position table (MAE's; the CLS row is zero): half the channels encode the
+  row, half the column, at frequencies 1 / 10000^(i / (width/4))."""
+  h, w = grid
+  quarter = width // 4
+  frequencies = 1.0 / 10000 ** (np.arange(quarter) / quarter)  # (width/4,)
+  rows, cols = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+
+  def encode(positions):  # (h*w,) → (h*w, width/2)
+    angles = positions.reshape(-1)[:, None] * frequencies[None]
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+  table = np.concatenate([encode(rows), encode(cols)], axis=1)  # (h*w, width)
+  return jnp.asarray(np.concatenate([np.zeros((1, width)), table]), jnp.float32)
+
+
+def _unit(x: jax.Array) -> jax.Array:
+  return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """CLIP's symmetric InfoNCE: images (B, H, W, 3) uint8 against their captions ids (B, T)."""
+  v = _unit(model.apply({"params": params}, normalize_image(images), method=CLIP.encode_image).image_embeds)
+  t = _unit(model.apply({"params": params}, ids, method=CLIP.encode_text).text_embeds)  # (B, D)
+  scale = jnp.exp(jnp.minimum(params["logit_scale"], jnp.log(100.0)))  # CLIP clips the temperature at 100
+  logits = scale * v @ t.T  # (B, B)
+  labels = jnp.arange(logits.shape[0])
+  loss = (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+          + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()) / 2
+  return loss, dict(batch_accuracy=jnp.mean(jnp.argmax(logits, axis=1) == labels))
+
+
+def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS["batch_size"],
+          pool_size: int = DEFAULTS["pool_size"], lr: float = DEFAULTS["lr"],
+          warmup_steps: int = DEFAULTS["warmup_steps"], weight_decay: float = DEFAULTS["weight_decay"],
+          stop_after: int | None = None, workers: int = 1):
+  """Pretrains the mini-CLIP; returns (params, config, tokenizer, report). `stop_after` ends the same run (same
+  schedule, same batches) after that many steps, rendering only the images those steps use, to check a prefix
+  of it against the shipped `pretraining.json`. `workers`: processes rendering the pool (any number gives the
+  same pool)."""
+  settings = dict(seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr,
+                  warmup_steps=warmup_steps, weight_decay=weight_decay)
+  start = time.time()
+  tokenizer = mini_clip.caption_tokenizer()
+  config = mini_clip.mini_config(len(tokenizer), tokenizer.eos_token_id)
+  last = steps if stop_after is None else min(stop_after, steps)
+  batches = batch_indices(seed, steps, batch_size, pool_size)[:last]  # (last, B)
+  used = np.unique(batches)  # the pool entries these steps read, sorted
+  images, ids, texts = render_pool(seed, used, tokenizer, CAPTION_LENGTH, workers)
+  batches = np.searchsorted(used, batches)  # pool indices → rows of `images`
+  model = CLIP(config)
+  size = config.vision.image_size
+  params = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
+  params["vision_model"]["embeddings"]["position_embedding"]["embedding"] = sincos_position_embedding(
+      config.vision.grid, config.vision.hidden_size)
+  schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps)
+  optimizer = optax.adamw(schedule, b2=0.98, weight_decay=weight_decay)
+  opt_state = optimizer.init(params)
+
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def train_step(params, opt_state, images, ids):
+    (loss, metrics), grads = jax.value_and_grad(clip_loss, has_aux=True)(params, model, images, ids)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, dict(loss=loss, **metrics)
+
+  losses, accuracies = [], []
+  progress = tqdm(range(last), desc="pretraining", unit="step", mininterval=2.0)
+  for step in progress:
+    index = batches[step]
+    params, opt_state, metrics = train_step(params, opt_state, images[index], ids[index])
+    losses.append(metrics["loss"])  # device arrays: read back in blocks, not every step
+    accuracies.append(metrics["batch_accuracy"])
+    if (step + 1) % 50 == 0:
+      progress.set_postfix(loss=f"{float(losses[-1]):.3f}", batch_acc=f"{float(accuracies[-1]):.2f}")
+  params = jax.device_get(params)
+  report = dict(settings=settings, loss=[float(x) for x in losses], batch_accuracy=[float(x) for x in accuracies],
+                example_captions=texts[:8], jax_version=jax.__version__, seconds=round(time.time() - start, 1))
+  return params, config, tokenizer, report
+
+
+def pretrain(out: str | os.PathLike, **settings) -> pathlib.Path:
+  """Trains the mini-CLIP (`train`'s settings), measures what it knows (`probe.knowledge`) and writes it to
+  `out`, atomically: a crash leaves no half-written directory."""
+  out = pathlib.Path(out)
+  if out.exists():
+    raise FileExistsError(f"--out {out} exists; give a new directory")
+  params, config, tokenizer, report = train(**settings)
+  knowledge = probe.knowledge(CLIP(config), params, tokenizer)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  tmp = pathlib.Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+  try:
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared checkpoint unreadable to others
+    clip_checkpoint.save_pretrained(params, config, tmp)
+    tokenizer.save_pretrained(tmp)
+    (tmp / "pretraining.json").write_text(json.dumps(report, indent=1) + "\n")
+    (tmp / "knowledge.json").write_text(json.dumps(knowledge, indent=1) + "\n")
+    for f in tmp.iterdir():
+      f.chmod(0o644)
+    os.rename(tmp, out)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return out
+
+
+def _define_flags() -> dict:
+  """The CLI's flags, defined only when run as a program (importing this module defines none)."""
+  d = DEFAULTS
+  return dict(
+      out=flags.DEFINE_string("out", None, "Directory to write the checkpoint to (created; must not exist)."),
+      seed=flags.DEFINE_integer("seed", d["seed"], "Seed of the images, captions, initialization and batch order."),
+      steps=flags.DEFINE_integer("steps", d["steps"], "Training steps."),
+      batch_size=flags.DEFINE_integer("batch_size", d["batch_size"], "Image-caption pairs per step."),
+      pool_size=flags.DEFINE_integer("pool_size", d["pool_size"], "Distinct captioned images rendered."),
+      lr=flags.DEFINE_float("lr", d["lr"], "Peak learning rate."),
+      warmup_steps=flags.DEFINE_integer("warmup_steps", d["warmup_steps"], "Linear warmup steps."),
+      weight_decay=flags.DEFINE_float("weight_decay", d["weight_decay"], "AdamW weight decay."),
+      workers=flags.DEFINE_integer("workers", 1, "Processes rendering the image pool (the pool is the same for "
+                                   "any number)."),
+  )
+
+
+def main(argv, f: dict):
+  del argv
+  if not f["out"].value:
+    raise app.UsageError("--out DIR is required")
+  settings = {k: flag.value for k, flag in f.items() if k != "out"}
+  out = pretrain(f["out"].value, **settings)
+  report = json.loads((out / "pretraining.json").read_text())
+  knowledge = json.loads((out / "knowledge.json").read_text())
+  print(f"wrote {out}: final loss {report['loss'][-1]:.4f} ({report['seconds']:.0f} s)")
+  print(probe.format_knowledge(knowledge))
+
+
+if __name__ == "__main__":
+  _flags = _define_flags()
+  app.run(functools.partial(main, f=_flags))
