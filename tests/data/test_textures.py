@@ -109,3 +109,18 @@ def test_builder_splits_are_deterministic_and_disjoint(tmp_path):
   assert len(images) == 60  # no image repeats within or across splits
   meta = dict(first.builder.info.metadata)
   assert meta["classes"] == list(CATEGORIES) and meta["unseen"] == list(textures.DEFAULT_UNSEEN)
+
+
+def test_training_does_not_rescale_the_textures(tmp_path):
+  """The spec turns the random rescale off, so a training label is the stored label, flipped or not (unseen
+  pixels marked unlabelled): every texture keeps the period it was drawn with."""
+  from zegot_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  world = build.build("textures_zs3/tiny", tmp_path)
+  assert world.builder.info.metadata["train_ratio_range"] == [1.0, 1.0]
+  lut = pipeline.unseen_lut(len(world.spec.classes), world.spec.unseen, "transductive")
+  stored = [lut[example["label"][..., 0]] for example in world.splits["train"]]
+  batch = next(iter(pipeline.train_dataset(world.splits["train"], world.spec, batch_size=8, seed=0,
+                                           process_index=0, process_count=1)))
+  for label in batch["label"]:
+    assert any(np.array_equal(label, s) or np.array_equal(label, s[:, ::-1]) for s in stored)

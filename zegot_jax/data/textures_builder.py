@@ -4,7 +4,8 @@ Every pixel belongs to a region of one of 12 texture categories (`textures.CATEG
 are unseen. Splits: train (for training), validation (for choosing settings) and test (where the README's numbers
 are reported), each from its own generator stream: example i of a split is drawn from its own generator, seeded by
 (seed, split stream, i), so the dataset does not depend on build order. The world's parameters are fixed in
-`textures.py` (documented there).
+`textures.py` (documented there). Training does not rescale the images at random (mmseg's 0.5-2.0 would halve or
+double every period, out of the world's range); crops, flips and photometric distortion stay.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def textures_spec(config: TexturesConfig) -> DatasetSpec:
                      split_sizes={"train": config.train_size, "validation": config.validation_size,
                                   "test": config.test_size},
                      crop_size=config.image_size, train_scale=(4 * config.image_size, config.image_size),
-                     eval_stride=config.image_size, eval_short_side=config.image_size)
+                     eval_stride=config.image_size, eval_short_side=config.image_size,
+                     train_ratio_range=(1.0, 1.0))  # no random rescale: a texture's period is part of its look
 
 
 class TexturesZs3(SegmentationBuilder):

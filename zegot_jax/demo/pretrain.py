@@ -45,7 +45,8 @@ from zegot_jax.models.clip import CLIP, normalize_image
 PRETRAIN_STREAM = 1000  # generator stream of the pretraining images (textures_zs3 uses 0, 1 and 2)
 PRETRAIN_REGIONS = (1, 4)  # regions per pretraining scene (the dataset's scenes have 2-4)
 CAPTION_LENGTH = 20  # tokens per caption, padded (the longest caption has 17): text tower cost stays small
-DEFAULTS = dict(seed=0, steps=4000, batch_size=64, pool_size=100000, lr=1e-3, warmup_steps=200, weight_decay=0.1)
+DEFAULTS = dict(seed=0, steps=3000, batch_size=64, pool_size=100000, lr=1e-3, warmup_steps=200, weight_decay=0.1,
+                pooling="cls+mean")
 
 
 def _render_range(seed: int, indices: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -118,28 +119,47 @@ def _unit(x: jax.Array) -> jax.Array:
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """CLIP's symmetric InfoNCE: images (B, H, W, 3) uint8 against their captions ids (B, T)."""
-  v = _unit(model.apply({"params": params}, normalize_image(images), method=CLIP.encode_image).image_embeds)
+def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: str = "cls+mean"
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """CLIP's symmetric InfoNCE: images (B, H, W, 3) uint8 against their captions ids (B, T).
+
+  pooling "cls": the image embedding is CLIP's (CLS token → post-layernorm → projection). "cls+mean": the mean of
+  two InfoNCE losses, CLIP's and the same with the image embedding pooled as the mean of the last layer's projected
+  patch tokens (global average pooling, as some CLIP variants pool): both image-level, against the whole caption;
+  the mean pooling makes every patch carry the caption's meaning, which patch tokens of a CLS-only model lack
+  (measured: README, "The mini-CLIP")."""
+  layer = model.config.vision.num_hidden_layers
+  vision = model.apply({"params": params}, normalize_image(images), feature_layers=(layer,) if pooling != "cls" else (),
+                       method=CLIP.encode_image)
   t = _unit(model.apply({"params": params}, ids, method=CLIP.encode_text).text_embeds)  # (B, D)
   scale = jnp.exp(jnp.minimum(params["logit_scale"], jnp.log(100.0)))  # CLIP clips the temperature at 100
-  logits = scale * v @ t.T  # (B, B)
-  labels = jnp.arange(logits.shape[0])
-  loss = (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-          + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()) / 2
-  return loss, dict(batch_accuracy=jnp.mean(jnp.argmax(logits, axis=1) == labels))
+  labels = jnp.arange(ids.shape[0])
+
+  def info_nce(v):  # v (B, D) image embeddings
+    logits = scale * _unit(v) @ t.T  # (B, B)
+    loss = (optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+            + optax.softmax_cross_entropy_with_integer_labels(logits.T, labels).mean()) / 2
+    return loss, jnp.mean(jnp.argmax(logits, axis=1) == labels)
+
+  loss, accuracy = info_nce(vision.image_embeds)
+  if pooling == "cls":
+    return loss, dict(batch_accuracy=accuracy)
+  mean_loss, mean_accuracy = info_nce(vision.dense_features[layer].mean(axis=(1, 2)))
+  return (loss + mean_loss) / 2, dict(batch_accuracy=accuracy, mean_pool_accuracy=mean_accuracy)
 
 
 def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS["batch_size"],
           pool_size: int = DEFAULTS["pool_size"], lr: float = DEFAULTS["lr"],
           warmup_steps: int = DEFAULTS["warmup_steps"], weight_decay: float = DEFAULTS["weight_decay"],
-          stop_after: int | None = None, workers: int = 1):
+          pooling: str = DEFAULTS["pooling"], stop_after: int | None = None, workers: int = 1):
   """Pretrains the mini-CLIP; returns (params, config, tokenizer, report). `stop_after` ends the same run (same
   schedule, same batches) after that many steps, rendering only the images those steps use, to check a prefix
   of it against the shipped `pretraining.json`. `workers`: processes rendering the pool (any number gives the
   same pool)."""
   settings = dict(seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr,
-                  warmup_steps=warmup_steps, weight_decay=weight_decay)
+                  warmup_steps=warmup_steps, weight_decay=weight_decay, pooling=pooling)
+  if pooling not in ("cls", "cls+mean"):
+    raise ValueError(f"pooling={pooling!r}: expected 'cls' or 'cls+mean'")
   start = time.time()
   tokenizer = mini_clip.caption_tokenizer()
   config = mini_clip.mini_config(len(tokenizer), tokenizer.eos_token_id)
@@ -159,7 +179,7 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_step(params, opt_state, images, ids):
-    (loss, metrics), grads = jax.value_and_grad(clip_loss, has_aux=True)(params, model, images, ids)
+    (loss, metrics), grads = jax.value_and_grad(clip_loss, has_aux=True)(params, model, images, ids, pooling)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, dict(loss=loss, **metrics)
 
@@ -215,6 +235,8 @@ def _define_flags() -> dict:
       lr=flags.DEFINE_float("lr", d["lr"], "Peak learning rate."),
       warmup_steps=flags.DEFINE_integer("warmup_steps", d["warmup_steps"], "Linear warmup steps."),
       weight_decay=flags.DEFINE_float("weight_decay", d["weight_decay"], "AdamW weight decay."),
+      pooling=flags.DEFINE_enum("pooling", d["pooling"], ["cls", "cls+mean"], "Image embeddings of the InfoNCE "
+                                "loss: CLIP's CLS token, or also the mean of the projected patch tokens."),
       workers=flags.DEFINE_integer("workers", 1, "Processes rendering the image pool (the pool is the same for "
                                    "any number)."),
   )
