@@ -27,10 +27,7 @@ def baseline(config, workdir: pathlib.Path) -> dict:
   """(a) the frozen mini-CLIP with hand-crafted prompts, no training; cached in <workdir>/baseline/result.json."""
   done = workdir / "baseline" / "result.json"
   if not done.is_file():
-    result = results.evaluate_untrained(results.baseline_config(config), workdir / "baseline")
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text(json.dumps({k: result[k] for k in ("dataset", "split", "examples", *results.METRICS, "report")},
-                               indent=1))
+    results.write_result(done, results.evaluate_untrained(results.baseline_config(config), workdir / "baseline"))
   return json.loads(done.read_text())
 
 

@@ -49,6 +49,12 @@ def baseline_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   return c
 
 
+def write_result(path: pathlib.Path, result: dict) -> None:
+  """Writes the part of an evaluation result that the tables read (result.json of a run)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps({k: result[k] for k in ("dataset", "split", "examples", *METRICS, "report")}, indent=1))
+
+
 def evaluate_untrained(config: ml_collections.ConfigDict, workdir: pathlib.Path, seed: int = 0) -> dict:
   """Evaluates a config with freshly initialized trainable params (for the baseline, they have no effect)."""
   run = trainer.load_run(workdir, config, untrained_seed=seed)
@@ -101,9 +107,7 @@ def run_all(out: str | pathlib.Path, *, config_path: str = "configs/demo.py", se
             result = evaluate_untrained(baseline_config(config), workdir, seed)
           else:
             result = trainer.train_and_evaluate(config, workdir)["eval"]
-          workdir.mkdir(parents=True, exist_ok=True)
-          done.write_text(json.dumps({k: result[k] for k in ("dataset", "split", "examples", *METRICS, "report")},
-                                    indent=1))
+          write_result(done, result)
         runs.append(json.loads(done.read_text()))
         print(f"{row:12s} {setting:13s} seed {seed}: " + "  ".join(f"{m} {runs[-1][m]:.2f}" for m in METRICS),
               flush=True)
