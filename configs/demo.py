@@ -17,7 +17,7 @@ from zegot_jax.demo import mini_clip, probe
 
 def get_config(arg=None):
   variant = common.parse_arg(arg)
-  runlocal, variant.runlocal = variant.runlocal, False  # runlocal here: the same demo, fewer steps and images
+  runlocal, variant.runlocal = variant.runlocal, False  # runlocal here: the same demo, fewer steps
   c = common.base_config(variant, dataset="textures_zs3", steps=400, teacher="previous",
                          image_size=mini_clip.IMAGE_SIZE)
   c.clip.path = str(mini_clip.shipped_path())
