@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zegot_jax import predict, trainer
+from zegot_jax import checkpoints, evaluation, predict, trainer
 from zegot_jax.data import textures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -25,6 +25,24 @@ def run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
   trainer.train_and_evaluate(config, workdir)
   return workdir
+
+
+def test_predict_and_evaluation_give_the_same_logits(run):
+  """A dataset image read from a PNG file by predict, with the dataset's class list, gets exactly the logits that
+  evaluation computes for it: one Segmenter, the same resize, windows and stride."""
+  config = predict.load_run_config(run)
+  trained = checkpoints.load_run(run, config)
+  evaluator = evaluation.Evaluator(config, trained.model, trained.tokenizer, mesh=trained.mesh)
+  evaluator.segmenter.set_params(trained.params)
+  source = evaluation.evaluation_split(config, evaluator.dataset)
+  path = run / "eval_image.png"
+  for i in (0, 1):
+    Image.fromarray(source[i]["image"]).save(path)
+    ex = evaluator.examples[i]
+    expected = np.asarray(evaluator.segmenter.logits(ex["image"], ex["label"].shape))
+    got = np.asarray(predict.image_logits(trained, config, predict.read_image(path), list(evaluator.spec.classes)))
+    assert got.shape == expected.shape == (*ex["label"].shape, len(evaluator.spec.classes))
+    np.testing.assert_array_equal(got, expected)
 
 
 @pytest.fixture(scope="module")

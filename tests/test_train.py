@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from zegot_jax import runtime, trainer
+from zegot_jax import evaluation, from_config, trainer
 from zegot_jax.models import zegot
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def _load_config_module(path):
 def _runlocal(data_dir, **train):
   config = _load_config_module(ROOT / "configs" / "textures_zs3.py").get_config("runlocal=True")
   config.data_dir = str(data_dir)
-  config.train.update(dict(eval_every=0, **train))
+  config.train.update({"eval_every": 0, **train})
   return config
 
 
@@ -69,8 +69,32 @@ def test_resume_after_sigterm_is_bit_exact(data_dir, tmp_path):
   leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
   assert [k for k, _ in leaves_a] == [k for k, _ in leaves_b] and len(leaves_a) > 10
   for (path, x), (_, y) in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))  # params, opt_state, teacher, rng
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))  # params, opt_state, teacher
   assert _metrics(tmp_path / "full") == _metrics(tmp_path / "killed")  # identical, no duplicated lines
+
+
+def test_a_run_opens_its_dataset_once_and_evaluates_with_one_compilation(data_dir, tmp_path, monkeypatch):
+  """Training and its periodic evaluations share one opened dataset; every evaluation after the first reuses the
+  evaluator's compiled programs (no new compilation of the segmentation)."""
+  opened = []
+  open_dataset = from_config.open_dataset
+  monkeypatch.setattr(from_config, "open_dataset", lambda *a, **k: opened.append(a) or open_dataset(*a, **k))
+  evaluations = []
+  monkeypatch.setattr(evaluation.Evaluator, "__call__", _recording(evaluation.Evaluator.__call__, evaluations))
+  result = trainer.train_and_evaluate(_runlocal(data_dir, steps=6, checkpoint_every=6, eval_every=2,
+                                                eval_max_examples=2), tmp_path)
+  assert len(opened) == 1 and len(evaluations) == 3
+  assert len({id(e) for e in evaluations}) == 1  # one evaluator for the run
+  windows = evaluations[0].segmenter._windows  # pylint: disable=protected-access
+  assert windows._cache_size() == 1  # pylint: disable=protected-access
+  assert result["eval"]["examples"] == 2
+
+
+def _recording(method, calls):
+  def wrapper(self, *args, **kwargs):
+    calls.append(self)
+    return method(self, *args, **kwargs)
+  return wrapper
 
 
 def test_checkpoint_that_does_not_match_the_config_is_refused(data_dir, tmp_path):
@@ -144,7 +168,7 @@ def test_every_config_builds(path, arg):
   config = _load_config_module(path).get_config(arg)
   clip_config = (tiny_clip.tiny_config() if config.clip.path == tiny_clip.RANDOM_TINY
                  else vit_b16_config(config.clip.image_size))
-  model = zegot.ZegOT(clip_config, runtime.model_config(config))
+  model = zegot.ZegOT(clip_config, from_config.model_config(config))
   k = 5
   tokens = (jax.ShapeDtypeStruct((k, 16), np.int32) if model.config.prompts == "learnable"
             else jax.ShapeDtypeStruct((k, model.config.n_prompts, 16), np.int32))

@@ -14,9 +14,9 @@ import numpy as np
 
 def main():
   workdir, data_dir, *overrides = sys.argv[1:]
-  from zegot_jax import runtime  # pylint: disable=g-import-not-at-top
+  from zegot_jax import from_config  # pylint: disable=g-import-not-at-top
 
-  runtime.maybe_initialize_distributed()
+  from_config.maybe_initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
 
   from zegot_jax import trainer  # pylint: disable=g-import-not-at-top

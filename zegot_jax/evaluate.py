@@ -20,7 +20,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zegot_jax import evaluation, runtime, trainer
+from zegot_jax import checkpoints, evaluation, from_config, metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "the run's config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
@@ -32,16 +32,16 @@ _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 0, "evaluate only the first
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO; --verbosity=0 brings them back
-  runtime.maybe_initialize_distributed()
+  from_config.maybe_initialize_distributed()
   config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value).expanduser()
-  run = trainer.load_run(workdir, config, _STEP.value)
+  run = checkpoints.load_run(workdir, config, _STEP.value)
   step = run.step
   result = evaluation.evaluate_dataset(config, run.model, run.params, run.tokenizer, mesh=run.mesh,
                                        dataset_name=_DATASET.value, max_examples=_MAX_EXAMPLES.value)
   if jax.process_index() == 0:
     out = workdir / f"eval_{result['dataset']}_{step}.json"
     out.write_text(json.dumps({"step": step, **result}, indent=2))
-    print(evaluation.format_table(result["report"]))
+    print(metrics.format_table(result["report"]))
     print(f"step {step}, {result['examples']} images; written to {out}")
 
 

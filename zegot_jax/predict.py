@@ -22,17 +22,15 @@ import pathlib
 import re
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from PIL import Image, ImageDraw, ImageFont
 
-from zegot_jax import config_lib, evaluation, trainer
-from zegot_jax.data import augment
-from zegot_jax.models import prompts, zegot
+from zegot_jax import checkpoints, config_lib, metrics
+from zegot_jax.data import augment, registry
+from zegot_jax.models import prompts
+from zegot_jax.segmenter import Segmenter
 
 UNASSIGNED = 255
 
@@ -90,6 +88,16 @@ def render_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str]
   return canvas
 
 
+def image_logits(run: checkpoints.TrainedRun, config: ml_collections.ConfigDict, image: np.ndarray,
+                 class_names: list[str]) -> jax.Array:
+  """(H, W, K) logits of one image (H, W, 3) uint8 for any class list: resized to the run's dataset's evaluation
+  scale and segmented with its windows and stride, exactly as evaluation does, then resized back."""
+  spec = registry.make_builder(config.dataset, pathlib.Path(config.data_dir).expanduser()).spec
+  segmenter = Segmenter(run.model, run.tokenizer, class_names, crop_size=spec.crop_size, stride=spec.eval_stride,
+                        mesh=run.mesh, params=run.params)
+  return segmenter.logits(augment.resize_short_side(image, spec.eval_short_side), image.shape[:2])
+
+
 def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_names: list[str], *,
             config: ml_collections.ConfigDict | None = None, step: int | None = None, threshold: float = 0.0,
             out: str | pathlib.Path | None = None) -> dict:
@@ -99,18 +107,10 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
   names = prompts.check_class_names(class_names)
   image = read_image(image_path)
 
-  run = trainer.load_run(workdir, config, step)
-  tokens = jax.device_put(zegot.class_tokens(run.tokenizer, names, run.model.config),
-                          NamedSharding(run.mesh, P()))
-  text = evaluation.encode_classes(run.model)(run.params, tokens)
-
-  window_logits = functools.partial(evaluation.segment_windows(run.model), run.params, text)
-  size = config.clip.image_size
-  resized = augment.resize_short_side(image, size)
-  logits = evaluation.image_logits(window_logits, resized, size, max(1, 2 * size // 3), len(names),
-                                   image.shape[:2])
+  run = checkpoints.load_run(workdir, config, step)
+  logits = image_logits(run, config, image, names)
   scores = np.asarray(jax.nn.sigmoid(logits))  # (H, W, K) per-class probabilities
-  labels = np.asarray(evaluation.predict_labels(jnp.asarray(logits))).astype(np.uint8)
+  labels = np.asarray(metrics.predict_labels(logits)).astype(np.uint8)
   labels[scores.max(axis=-1) < threshold] = UNASSIGNED
 
   out = pathlib.Path(out) if out else workdir / "predictions" / pathlib.Path(image_path).stem

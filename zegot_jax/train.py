@@ -14,7 +14,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zegot_jax import evaluation, runtime, trainer
+from zegot_jax import from_config, metrics, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/voc12_zs3.py[:variants]",
                                           lock_config=True)
@@ -24,13 +24,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "where checkpoints, metrics and 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO; --verbosity=0 brings them back
-  runtime.maybe_initialize_distributed()
+  from_config.maybe_initialize_distributed()
   config = _CONFIG.value
   result = trainer.train_and_evaluate(config, _WORKDIR.value)
   if jax.process_index() != 0 or result["stopped"]:
     return
   if result["eval"]:
-    print(evaluation.format_table(result["eval"]["report"]))
+    print(metrics.format_table(result["eval"]["report"]))
     print(f"step {result['step']}: evaluated on {result['eval']['examples']} images of {result['eval']['dataset']}")
 
 

@@ -17,7 +17,7 @@ import pathlib
 import signal
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax
 import jax
@@ -25,21 +25,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from zegot_jax import evaluation, runtime, selftrain
+from zegot_jax import checkpoints, evaluation, from_config, selftrain
 from zegot_jax.data import pipeline
 from zegot_jax.data.classes import IGNORE_INDEX
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.losses import segmentation_loss
 
-# Config entries that may change between a run and its resumption without changing what it computes.
-RESUMABLE_CHANGES = ("data_dir", "train.log_every", "train.checkpoint_every", "train.eval_every",
-                     "train.eval_max_examples", "train.num_workers", "eval.batch_windows")
 TIMING_METRICS = ("images_per_s", "seconds_per_step")
 
 
@@ -49,7 +45,6 @@ class TrainState:
   params: Any  # trainable: context, Q (global_alignment), decoder
   opt_state: Any
   teacher: Any  # same structure as params: the pseudo-labelling teacher (selftrain.py)
-  rng: jax.Array  # (2,) uint32 key data; step s uses fold_in(rng, s)
 
 
 # ----------------------------------------------------------------------------------------------- building blocks
@@ -126,100 +121,9 @@ def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation,
   return train_step
 
 
-# ----------------------------------------------------------------------------------------------- checkpoints
-
-
 def state_to_dict(state: TrainState) -> dict:
-  return dict(step=state.step, params=state.params, opt_state=state.opt_state, teacher=state.teacher,
-              rng=state.rng)
-
-
-def checked_config(config: ml_collections.ConfigDict) -> dict:
-  """The config entries a checkpoint must agree with (everything but RESUMABLE_CHANGES)."""
-  flat = {}
-
-  def walk(prefix, node):
-    for k, v in node.items():
-      key = f"{prefix}{k}"
-      if isinstance(v, ml_collections.ConfigDict):
-        walk(key + ".", v)
-      elif key not in RESUMABLE_CHANGES:
-        flat[key] = list(v) if isinstance(v, tuple) else v
-  walk("", config)
-  return flat
-
-
-def check_matches(saved: dict, config: ml_collections.ConfigDict, where: str,
-                  prefixes: tuple[str, ...] = ("",)) -> None:
-  """Raises with every differing entry (among those starting with one of `prefixes`)."""
-  current = checked_config(config)
-  keys = [k for k in sorted(set(saved) | set(current)) if k.startswith(prefixes)]
-  diffs = [f"  {k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
-           for k in keys if saved.get(k) != current.get(k)]
-  if diffs:
-    raise ValueError(f"the checkpoint in {where} does not match the config; these entries differ:\n"
-                     + "\n".join(diffs) + "\nUse another --workdir, or the config the checkpoint was trained with.")
-
-
-def checkpoint_manager(workdir: pathlib.Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  # orbax writes each checkpoint to a temporary directory and renames it when complete: a crash or kill
-  # during a save never damages an earlier checkpoint.
-  # orbax refuses relative paths; the README's `--workdir runs/demo` is one.
-  return ocp.CheckpointManager((workdir / "checkpoints").absolute(), options=ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False))
-
-
-def restore_params(workdir: pathlib.Path, config: ml_collections.ConfigDict, model: zegot.ZegOT,
-                   mesh: jax.sharding.Mesh, step: int | None = None) -> tuple[Any, int]:
-  """Trainable params of a checkpoint (latest or `step`), replicated over `mesh`, after checking that the
-  checkpoint matches the config's model and CLIP."""
-  replicated = NamedSharding(mesh, P())
-  tokens = np.zeros((1, 2 + model.config.context_length), np.int32)  # shapes only: no class list needed
-  if model.config.prompts == "handcrafted":
-    tokens = np.zeros((1, model.config.n_prompts, 2), np.int32)
-  abstract_params = jax.tree_util.tree_map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
-      jax.eval_shape(lambda: zegot.init_trainable(model, jax.random.key(0), tokens)))
-  mngr = checkpoint_manager(workdir)
-  step = mngr.latest_step() if step is None else step
-  if step is None or step not in mngr.all_steps():
-    raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in {workdir}/checkpoints "
-                            f"(available: {list(mngr.all_steps())})")
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  check_matches(meta["config"], config, str(workdir), prefixes=("model.", "clip."))  # what the params depend on
-  target = dict(params=abstract_params)
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item=target, restore_args=jax.tree_util.tree_map(
-          lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target), partial_restore=True)))
-  return restored["state"]["params"], step
-
-
-class TrainedRun(NamedTuple):
-  """A trained run restored for inference: everything evaluation, prediction and pictures need."""
-
-  model: zegot.ZegOT
-  params: Any  # the full tree (trainable + "clip"), on `mesh`
-  tokenizer: Any
-  mesh: jax.sharding.Mesh
-  step: int
-
-
-def load_run(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, step: int | None = None, *,
-             untrained_seed: int | None = None) -> TrainedRun:
-  """The frozen CLIP and the trainable params of a checkpoint (latest or `step`) of the run in `workdir`; with
-  `untrained_seed`, freshly initialized trainable params instead (for baselines that train nothing; step 0)."""
-  workdir = pathlib.Path(workdir).expanduser()
-  mesh = runtime.make_mesh(config)
-  clip = runtime.load_clip(config, workdir)
-  model = runtime.build_model(config, clip)
-  tokenizer = prompts.load_tokenizer(clip.path)
-  if untrained_seed is None:
-    trainable, step = restore_params(workdir, config, model, mesh, step)
-  else:  # no parameter has the number of classes in its shape, so any class list initializes them
-    tokens = zegot.class_tokens(tokenizer, ["object"], model.config)
-    trainable, step = zegot.init_trainable(model, jax.random.key(untrained_seed), tokens), 0
-  params = zegot.merge_params(trainable, runtime.shard_clip_params(clip.params, mesh, config))
-  return TrainedRun(model, params, tokenizer, mesh, step)
+  """The train state as a checkpoint's `state` item."""
+  return dict(step=state.step, params=state.params, opt_state=state.opt_state, teacher=state.teacher)
 
 
 # ----------------------------------------------------------------------------------------------- logging
@@ -268,7 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   is_main = jax.process_index() == 0
 
   # Mesh: the batch is split over every device (data × fsdp); frozen CLIP matrices over fsdp.
-  mesh = runtime.make_mesh(config)
+  mesh = from_config.make_mesh(config)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
   if t.batch_size % jax.device_count() or t.batch_size % jax.process_count():
@@ -276,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                      f"{jax.process_count()} processes")
 
   # Input pipeline: this process's shard of the dataset, batch_size / process_count examples per step.
-  dataset = runtime.open_dataset(config)
+  dataset = from_config.open_dataset(config)
   spec = dataset.spec
   classes, label_lut = training_classes(spec, config.setting)
   unseen = [classes.index(i) for i in spec.unseen] if config.setting == "transductive" else []
@@ -284,21 +188,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                                 seed=t.seed, setting=config.setting, num_workers=t.num_workers)
 
   # CLIP and model; the class prompts are tokenized once.
-  clip = runtime.load_clip(config, workdir)
-  model = runtime.build_model(config, clip)
+  clip = from_config.load_clip(config, workdir)
+  model = from_config.build_model(config, clip)
   tokenizer = prompts.load_tokenizer(clip.path)
   tokens = jax.device_put(zegot.class_tokens(tokenizer, [spec.classes[i] for i in classes], model.config),
                           replicated)
-  clip_params = runtime.shard_clip_params(clip.params, mesh, config)
+  clip_params = from_config.shard_clip_params(clip.params, mesh, config)
 
   # Optimizer and state, initialized directly into their (replicated) shardings.
   optimizer, lr_schedule = make_optimizer(config)
   schedule = make_schedule(config)
 
   def init_state(rng):
-    params = zegot.init_trainable(model, rng, tokens)
+    params = zegot.init_trainable(model, rng)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      teacher=params, rng=jax.random.key_data(rng))
+                      teacher=params)
 
   abstract = jax.eval_shape(init_state, jax.random.key(t.seed))
   state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
@@ -308,30 +212,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     out_shardings=(state_sharding, replicated))  # fixed layouts: compiled once
 
   # Checkpoint restore: the latest one in the workdir, if any, after checking it matches the config.
-  mngr = checkpoint_manager(workdir)
+  mngr = checkpoints.manager(workdir)
   start = mngr.latest_step()
   iterator = iter(data)
   if start is None:
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(t.seed))
     start = 0
   else:
-    meta = mngr.restore(start, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    check_matches(meta["config"], config, str(workdir))
     target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                     state_to_dict(abstract), state_to_dict(state_sharding))
-    restored = mngr.restore(start, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
-                                                             data=ocp.args.JsonRestore()))
-    state = TrainState(**restored["state"])
-    iterator.set_state(restored["data"])
+    restored, data_state = checkpoints.restore(mngr, start, target, config=config, where=str(workdir), data=True)
+    state = TrainState(**restored)
+    iterator.set_state(data_state)
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   def save(step: int) -> None:
-    meta = dict(config=checked_config(config), classes=[spec.classes[i] for i in classes],
+    meta = dict(config=checkpoints.checked_config(config), classes=[spec.classes[i] for i in classes],
                 clip_path=str(clip.path))
-    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state_to_dict(state)),
-                                            data=ocp.args.JsonSave(iterator.get_state()),
-                                            meta=ocp.args.JsonSave(meta)), force=True)
+    checkpoints.save(mngr, step, state_to_dict(state), iterator.get_state(), meta)
 
   # Preemption: SIGTERM asks the loop to save and stop after the current step. With several processes, JAX's
   # coordination service receives the signal and all processes agree on the step to stop at.
@@ -342,7 +241,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
     signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
 
   writer = MetricsWriter(workdir, start, enabled=is_main)
-  last_metrics, last_eval = {}, None
+  last_metrics, last_eval, evaluator = {}, None, None
   pending = []  # device metrics since the last log: fetched together, so the loop never waits on the device
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, desc="train", dynamic_ncols=True)
   timer, timed_steps = time.perf_counter(), 0
@@ -376,8 +275,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         timer, timed_steps = time.perf_counter(), 0
       bar.update(1)
       if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
-        last_eval = evaluation.evaluate_dataset(config, model, zegot.merge_params(state.params, clip_params),
-                                              tokenizer, mesh=mesh, max_examples=t.eval_max_examples)
+        if evaluator is None:  # built at the first evaluation, on the dataset already open: opened once per run
+          evaluator = evaluation.Evaluator(config, model, tokenizer, mesh=mesh, dataset=dataset,
+                                           max_examples=t.eval_max_examples)
+        last_eval = evaluator(zegot.merge_params(state.params, clip_params))
         writer.write(done, {f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
         timer = time.perf_counter()
       if multi_process and mngr.reached_preemption(done):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zegot_jax import config_lib, runtime
+from zegot_jax import config_lib, from_config
 from zegot_jax.data import textures
 from zegot_jax.demo import pictures, results
 from zegot_jax.models import prompts, zegot
@@ -80,12 +80,12 @@ def test_baseline_is_the_frozen_clip_alone(data_dir, tmp_path):
   """The baseline's logits through the ZegOT code path equal cos(last-layer dense features, mean hand-crafted
   text embedding) computed directly with the CLIP, up to the positive factor N (sum over prompts), upsampled."""
   config = results.baseline_config(demo_config(data_dir))
-  clip = runtime.load_clip(config, tmp_path)
-  model = runtime.build_model(config, clip)
+  clip = from_config.load_clip(config, tmp_path)
+  model = from_config.build_model(config, clip)
   tokenizer = prompts.load_tokenizer(clip.path)
   names = list(textures.CATEGORIES)
   tokens = zegot.class_tokens(tokenizer, names, model.config)  # (K, N, T)
-  trainable = zegot.init_trainable(model, jax.random.key(0), tokens)
+  trainable = zegot.init_trainable(model, jax.random.key(0))
   images = np.stack([textures.render_scene(np.random.default_rng(i), 64)[0] for i in range(2)])
   logits = model.apply({"params": zegot.merge_params(trainable, clip.params)}, images, tokens)[0].logits
 
@@ -108,8 +108,8 @@ def test_results_runs_take_the_requested_variant_setting_seed_and_steps():
   assert config.eval.split == "test"
 
 
-CORE = ["models", "data", "trainer.py", "evaluation.py", "selftrain.py", "runtime.py", "train.py", "evaluate.py",
-        "predict.py", "config_lib.py"]
+CORE = ["models", "data", "trainer.py", "checkpoints.py", "evaluation.py", "metrics.py", "segmenter.py", "selftrain.py",
+        "from_config.py", "train.py", "evaluate.py", "predict.py", "config_lib.py"]
 
 
 def test_the_core_never_imports_the_demo():

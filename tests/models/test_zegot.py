@@ -29,7 +29,7 @@ def _build(clip, config=BASE, classes=CLASSES, seed=0, dtype=jnp.float32):
   loaded, tokenizer = clip
   model = zegot.ZegOT(loaded.config, config, dtype=dtype)
   tokens = zegot.class_tokens(tokenizer, classes, config)
-  trainable = zegot.init_trainable(model, jax.random.key(seed), tokens)
+  trainable = zegot.init_trainable(model, jax.random.key(seed))
   return model, zegot.merge_params(trainable, loaded.params), tokens
 
 
@@ -74,8 +74,7 @@ def test_other_class_lists_need_no_new_parameters(clip, images):
   np.testing.assert_allclose(c, np.asarray(a)[..., [1, 3]], rtol=1e-5, atol=1e-5)
   assert not np.allclose(out_more.decoder_logits[..., :5], out.decoder_logits, atol=1e-4)
   shapes = jax.tree_util.tree_map(jnp.shape, zegot.split_params(params)[0])
-  again = zegot.init_trainable(model, jax.random.key(0), zegot.class_tokens(tokenizer, more, BASE))
-  assert jax.tree_util.tree_map(jnp.shape, again) == shapes
+  assert jax.tree_util.tree_map(jnp.shape, zegot.abstract_trainable(model)) == shapes
 
 
 ABLATIONS = {
@@ -201,3 +200,21 @@ def test_fusion_is_eq8_with_geometric_mean_of_sigmoids():
   np.testing.assert_allclose(zegot.fuse_score_maps(jnp.asarray(refined), "minmax"),
                              refined[-1] * np.prod(minmax.astype(np.float64), axis=0) ** (1 / 3), rtol=1e-4,
                              atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides", [{}, dict(prompts="handcrafted"), dict(matching="self_attention"),
+                                       dict(global_alignment=False)])
+def test_trainable_init_equals_the_trainable_part_of_a_full_init(clip, overrides):
+  """init_trainable never initializes the CLIP, yet gives bit for bit the values a full model.init gives the
+  trainable parameters (flax keys each parameter by its module path); abstract_trainable has their shapes."""
+  loaded, tokenizer = clip
+  model = zegot.ZegOT(loaded.config, dataclasses.replace(BASE, **overrides))
+  tokens = zegot.class_tokens(tokenizer, CLASSES, model.config)
+  size = 2 * loaded.config.vision.patch_size
+  full = jax.jit(lambda key: zegot.split_params(model.init(key, jnp.zeros((1, size, size, 3), jnp.uint8),
+                                                           jnp.asarray(tokens))["params"])[0])(jax.random.key(7))
+  trainable = zegot.init_trainable(model, jax.random.key(7))
+  assert jax.tree_util.tree_structure(trainable) == jax.tree_util.tree_structure(full)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, trainable, full)
+  assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), zegot.abstract_trainable(model)) == \
+      jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), full)

@@ -17,7 +17,7 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zegot_jax import evaluation, trainer
+from zegot_jax import checkpoints, evaluation, metrics, trainer
 from zegot_jax.demo import pictures, results
 
 DEFAULT_CONFIG = "configs/demo.py"
@@ -51,11 +51,11 @@ def main(argv, f: dict):
     return
   zegot = run["eval"]
   if zegot is None:  # the run had already finished: evaluate its last checkpoint
-    restored = trainer.load_run(workdir, config)
+    restored = checkpoints.load_run(workdir, config)
     zegot = evaluation.evaluate_dataset(config, restored.model, restored.params, restored.tokenizer,
                                         mesh=restored.mesh)
   frozen = baseline(config, workdir)
-  print(evaluation.format_table(zegot["report"]))
+  print(metrics.format_table(zegot["report"]))
   print(f"\n{zegot['dataset']} {zegot['split']} split, {zegot['examples']} images, step {run['step']}; "
         f"unseen: {', '.join(n for n, s in zegot['report']['split'].items() if s == 'unseen')}\n")
   print(comparison_table(zegot, frozen))

@@ -19,16 +19,14 @@ import functools
 import json
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from PIL import Image, ImageDraw, ImageFont
 
-from zegot_jax import evaluation, runtime, trainer
+from zegot_jax import checkpoints, evaluation, from_config, metrics
 from zegot_jax.data import pipeline
-from zegot_jax.models import zegot
+from zegot_jax.segmenter import Segmenter
 from zegot_jax.predict import load_run_config, palette
 
 PANEL = 128  # pixels per panel side
@@ -106,21 +104,16 @@ def write_pictures(workdir: str | pathlib.Path, config: ml_collections.ConfigDic
   evaluation split that hold an unseen class; returns their paths."""
   workdir = pathlib.Path(workdir).expanduser()
   out = pathlib.Path(out) if out else workdir / "pictures"
-  run = trainer.load_run(workdir, config, step)
-  dataset = runtime.open_dataset(config)
+  run = checkpoints.load_run(workdir, config, step)
+  dataset = from_config.open_dataset(config)
   spec, names = dataset.spec, list(dataset.spec.classes)
   split = config.eval.get("split", "validation")
   examples = pipeline.eval_dataset(evaluation.evaluation_split(config, dataset), spec)
   chosen = [i for i in range(len(examples)) if np.isin(examples[i]["label"], spec.unseen).any()][:num_images]
   if not chosen:
     raise ValueError(f"no {split} image of {spec.name} holds an unseen class")
-  tokens = jnp.asarray(zegot.class_tokens(run.tokenizer, names, run.model.config))
-  text = evaluation.encode_classes(run.model)(run.params, tokens)
-
-  @jax.jit
-  def segment(image):
-    output, aux = run.model.apply({"params": run.params}, image[None], text, method="segment")
-    return output.logits[0], aux["fused_map"][0]  # (H, W, K), (h, w, K, N)
+  segmenter = Segmenter(run.model, run.tokenizer, names, crop_size=spec.crop_size, stride=spec.eval_stride,
+                        mesh=run.mesh, params=run.params)
 
   out.mkdir(parents=True, exist_ok=True)
   rows, paths = [], []
@@ -129,8 +122,8 @@ def write_pictures(workdir: str | pathlib.Path, config: ml_collections.ConfigDic
     image, label = ex["image"], ex["label"]
     if image.shape[:2] != label.shape:
       raise ValueError(f"{spec.name} {split} image {i}: image {image.shape[:2]} and label {label.shape} differ")
-    logits, fused = segment(jnp.asarray(image))
-    prediction = np.asarray(evaluation.predict_labels(logits)).astype(np.uint8)
+    logits, fused = segmenter.score_maps(image)  # (H, W, K), (h, w, K, N)
+    prediction = np.asarray(metrics.predict_labels(logits)).astype(np.uint8)
     areas = [(label == k).sum() for k in spec.unseen]
     shown = spec.unseen[int(np.argmax(areas))]
     row = figure_row(image, label, prediction, np.asarray(fused[:, :, shown]), names, list(spec.unseen), shown)

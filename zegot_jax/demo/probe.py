@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from zegot_jax import evaluation
+from zegot_jax import metrics
 from zegot_jax.data import textures
 from zegot_jax.models import prompts
 from zegot_jax.models.clip import CLIP, normalize_image
@@ -150,10 +150,10 @@ def knowledge(model: CLIP, params, tokenizer, *, scenes: int = 300, per_class: i
   test_logits = np.asarray(test_dense[last] @ linear["w"] + linear["b"])  # (S, h, w, 12)
   result["linear_probe"] = _accuracy(test_logits.argmax(-1)[keep], test_patch[keep])
   pixel_logits = jax.image.resize(jnp.asarray(test_logits), (*test_labels.shape, test_logits.shape[-1]), "bilinear")
-  counts = evaluation.IoUAccumulator(len(textures.CATEGORIES))
-  counts.add(*evaluation.iou_counts(jnp.argmax(pixel_logits, -1), jnp.asarray(test_labels),
+  counts = metrics.IoUAccumulator(len(textures.CATEGORIES))
+  counts.add(*metrics.iou_counts(jnp.argmax(pixel_logits, -1), jnp.asarray(test_labels),
                                     len(textures.CATEGORIES)))
-  report = evaluation.miou_report(counts.intersection, counts.union, textures.CATEGORIES, SEEN, UNSEEN)
+  report = metrics.miou_report(counts.intersection, counts.union, textures.CATEGORIES, SEEN, UNSEEN)
   result["linear_probe_pixels"] = {k: report[k] for k in ("mIoU_seen", "mIoU_unseen", "hIoU")}
 
   seen_rows = np.isin(y_train, SEEN)

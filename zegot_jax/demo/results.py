@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from zegot_jax import config_lib, evaluation, trainer
+from zegot_jax import checkpoints, config_lib, evaluation, trainer
 
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU")
 ROWS = {  # row → (title, config variant)
@@ -57,7 +57,7 @@ def write_result(path: pathlib.Path, result: dict) -> None:
 
 def evaluate_untrained(config: ml_collections.ConfigDict, workdir: pathlib.Path, seed: int = 0) -> dict:
   """Evaluates a config with freshly initialized trainable params (for the baseline, they have no effect)."""
-  run = trainer.load_run(workdir, config, untrained_seed=seed)
+  run = checkpoints.load_run(workdir, config, untrained_seed=seed)
   return evaluation.evaluate_dataset(config, run.model, run.params, run.tokenizer, mesh=run.mesh)
 
 

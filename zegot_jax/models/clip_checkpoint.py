@@ -327,7 +327,8 @@ def from_pretrained(name_or_path: str | os.PathLike, *, image_size: int | tuple[
       pos = params["vision_model"]["embeddings"]["position_embedding"]
       pos["embedding"] = resize_position_embedding(pos["embedding"], config.vision.grid, grid, pos_resize_method)
       config = config_from_hf(hf_config, pos_grid=grid, pos_resize_method=pos_resize_method)
-  params = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=param_dtype), params)
+  params = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=param_dtype), params)  # host arrays: the caller
+  # places them (`from_config.shard_clip_params` puts each matrix straight into its shards)
   return LoadedCLIP(CLIP(config, dtype=dtype, param_dtype=param_dtype), params, config, directory)
 
 

@@ -21,6 +21,7 @@ state; see `split_params`), the rest is trainable: `context` (N, C, text width),
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -268,12 +269,24 @@ def merge_params(trainable: Mapping[str, Any], clip_params: Any) -> dict[str, An
   return {**trainable, "clip": clip_params}
 
 
-def init_trainable(model: ZegOT, rng: jax.Array, tokens: np.ndarray) -> dict[str, Any]:
-  """Initializes the trainable parameters only (the CLIP part is shape-evaluated, never materialized)."""
-  v = model.clip_config.vision
-  images = jnp.zeros((1, 2 * v.patch_size, 2 * v.patch_size, 3), jnp.uint8)
+def _initialize_trainable(model: ZegOT, rng: jax.Array) -> dict[str, Any]:
+  """Every trainable parameter, initialized through `decode` on placeholder features and text of one image, one
+  class and N prompts: `decode` touches every trainable module and never the CLIP, whose parameters are loaded,
+  not initialized. Flax derives each parameter's key from its module path, so the values are those a full
+  `model.init` would give."""
+  c, clip = model.config, model.clip_config
+  size = (2 * clip.vision.patch_size, 2 * clip.vision.patch_size)
+  features = ImageFeatures(f=jnp.zeros((len(c.dfa_layers), 1, 2, 2, clip.projection_dim)),
+                           f_bar=jnp.zeros((1, clip.projection_dim)), image_size=size)
+  text = jnp.zeros((1, c.n_prompts, clip.projection_dim))
+  return model.init(rng, features, text, method=ZegOT.decode)["params"]
 
-  def init(rng):
-    return split_params(model.init(rng, images, jnp.asarray(tokens))["params"])[0]
 
-  return jax.jit(init)(rng)
+def init_trainable(model: ZegOT, rng: jax.Array) -> dict[str, Any]:
+  """The trainable parameters, initialized (the CLIP part is never materialized)."""
+  return jax.jit(functools.partial(_initialize_trainable, model))(rng)
+
+
+def abstract_trainable(model: ZegOT) -> dict[str, Any]:
+  """The trainable parameter tree as shapes and dtypes (jax.ShapeDtypeStruct leaves): what a checkpoint holds."""
+  return jax.eval_shape(functools.partial(_initialize_trainable, model), jax.random.key(0))

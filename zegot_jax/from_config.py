@@ -1,10 +1,12 @@
-"""Setting up a run from its config: the device mesh, the frozen CLIP, the model and the datasets.
+"""What a run's config builds: the device mesh, the frozen CLIP (placed on devices by its sharding), the model and
+the dataset.
 
-Shared by training (`trainer.py`), evaluation (`evaluation.py`) and the command-line tools.
+Shared by training (`trainer.py`), inference (`checkpoints.load_run`, `evaluation.py`) and the command-line tools.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -39,9 +41,11 @@ def clip_sharding(mesh: jax.sharding.Mesh, leaf: Any, min_size: int = 2**16) -> 
 
 
 def shard_clip_params(clip_params: Any, mesh: jax.sharding.Mesh, config: ml_collections.ConfigDict) -> Any:
-  """The frozen CLIP params placed on the mesh by `clip_sharding`."""
-  return jax.tree_util.tree_map(
-      lambda a: jax.device_put(a, clip_sharding(mesh, a, config.mesh.fsdp_min_size)), clip_params)
+  """The frozen CLIP params (host arrays, as `from_pretrained` returns them) placed on the mesh by
+  `clip_sharding`: one transfer per matrix, straight into its shards, so a large tower never lands whole on one
+  device first."""
+  return jax.device_put(clip_params, jax.tree_util.tree_map(
+      lambda a: clip_sharding(mesh, a, config.mesh.fsdp_min_size), clip_params))
 
 
 def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
@@ -52,15 +56,14 @@ def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) 
 
 
 def model_config(config: ml_collections.ConfigDict) -> zegot.ZegOTConfig:
-  m = config.model
-  return zegot.ZegOTConfig(
-      num_prompts=m.num_prompts, context_length=m.context_length, dfa_layers=tuple(m.dfa_layers),
-      ensemble_lambda=m.ensemble_lambda, matching=m.matching, prompts=m.prompts, fusion_norm=m.fusion_norm,
-      dense_features=m.dense_features, decoder_features=m.decoder_features,
-      global_alignment=m.get("global_alignment", True), ga_init=m.get("ga_init", zegot.ZegOTConfig.ga_init),
-      templates=tuple(m.get("templates", zegot.HANDCRAFTED_TEMPLATES)),
-      sinkhorn=SinkhornConfig(epsilon=m.sinkhorn.epsilon, max_iterations=m.sinkhorn.max_iterations,
-                              threshold=m.sinkhorn.threshold))
+  """`ZegOTConfig(**config.model)`, its `sinkhorn` section as a `SinkhornConfig`; fields the config leaves out
+  keep the model's defaults."""
+  fields = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in config.model.to_dict().items()}
+  try:
+    return zegot.ZegOTConfig(**{**fields, "sinkhorn": SinkhornConfig(**fields.get("sinkhorn", {}))})
+  except TypeError as e:  # an entry that is not a field of the model's configs
+    known = sorted(f.name for f in dataclasses.fields(zegot.ZegOTConfig))
+    raise ValueError(f"config.model: {e}; the model's fields are {known}") from e
 
 
 def load_clip(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> clip_checkpoint.LoadedCLIP:
