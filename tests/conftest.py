@@ -9,7 +9,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 import transformers  # noqa: E402  (the parity reference; torch comes with the `test` extra: no silent skip)
 
-from zegot_jax.tools.clip_parity import random_torch_clip, save_with_tokenizer  # noqa: E402
+from zegot_jax.models.clip_reference import random_torch_clip, save_with_tokenizer  # noqa: E402
 
 # The byte-level tokenizer's special ids (prompts.byte_level_tokenizer).
 SOS, EOS = 512, 513

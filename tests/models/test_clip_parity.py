@@ -11,7 +11,7 @@ import transformers
 
 from tests.conftest import EOS, SOS, random_token_ids
 from zegot_jax.models import clip_checkpoint
-from zegot_jax.tools import clip_parity
+from zegot_jax.models import clip_reference
 
 FEATURE_LAYERS = (1, 2, 3)
 
@@ -23,11 +23,11 @@ def _inputs(seed, image_size, batch=2):
 
 
 def _errors(loaded, torch_model, pixels, ids, attention_mask=None):
-  ours = clip_parity.flax_outputs(loaded, pixels, ids, FEATURE_LAYERS, attention_mask)
-  reference = clip_parity.reference_outputs(torch_model, pixels, ids, FEATURE_LAYERS, attention_mask)
+  ours = clip_reference.flax_outputs(loaded, pixels, ids, FEATURE_LAYERS, attention_mask)
+  reference = clip_reference.reference_outputs(torch_model, pixels, ids, FEATURE_LAYERS, attention_mask)
   assert set(ours) == set(reference)
   assert len([k for k in reference if k.startswith("vision_hidden_")]) == 4  # embeddings + 3 layers
-  return clip_parity.relative_errors(ours, reference)
+  return clip_reference.relative_errors(ours, reference)
 
 
 def _assert_below(errors, tolerance):
@@ -82,9 +82,9 @@ def test_pooling_token_follows_transformers_rule(make_checkpoint, eos_token_id):
   pixels = np.zeros((1, 32, 32, 3), np.float32)
   errors = _errors(loaded, torch_model, pixels, ids)
   assert errors["text_pooled"] < 1e-5 and errors["text_embeds"] < 1e-5
-  rows = np.asarray(clip_parity.flax_outputs(loaded, pixels, ids, ())["text_last_hidden_state"])
+  rows = np.asarray(clip_reference.flax_outputs(loaded, pixels, ids, ())["text_last_hidden_state"])
   expected_pos = highest if eos_token_id == 2 else first_eos
-  pooled = clip_parity.flax_outputs(loaded, pixels, ids, ())["text_pooled"]
+  pooled = clip_reference.flax_outputs(loaded, pixels, ids, ())["text_pooled"]
   np.testing.assert_array_equal(pooled, rows[np.arange(2), expected_pos])
 
 

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zegot_jax.models.losses import IGNORE_INDEX, LossWeights, segmentation_loss
+from zegot_jax.data.classes import IGNORE_INDEX
+from zegot_jax.models.losses import LossWeights, segmentation_loss
 
 
 def _hand_loss(logits, labels, gamma=2.0):

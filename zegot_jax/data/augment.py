@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-IGNORE_INDEX = 255
+from zegot_jax.data.classes import IGNORE_INDEX
 
 _HUE_PERIOD = 180.0  # OpenCV's 8-bit hue scale: degrees / 2.
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-IGNORE_INDEX = 255
+from zegot_jax.data.classes import IGNORE_INDEX
 
 
 class LossWeights(NamedTuple):
