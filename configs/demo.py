@@ -23,7 +23,7 @@ def get_config(arg=None):
   c.clip.path = str(mini_clip.shipped_path())
   c.clip.dtype = "float32"  # bfloat16 is slower than float32 on CPUs
   # Hand-crafted prompts: the frames of the mini-CLIP's captions.
-  c.model.update(dict(dfa_layers=(3, 4), num_prompts=4, context_length=4, templates=probe.TEMPLATES))
+  c.model.update(dict(dfa_layers=(2, 3, 4), num_prompts=4, context_length=4, templates=probe.TEMPLATES))
   c.train.update(dict(
       batch_size=8, lr=1e-3, warmup_steps=30, num_workers=0, log_every=25, checkpoint_every=200,
       phase1_fraction=0.5,  # a short run: phase 1 needs enough steps for the pseudo-labels to be worth using

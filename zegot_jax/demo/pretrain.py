@@ -5,7 +5,7 @@ r"""Pretrains the demo's mini-CLIP the way CLIP is pretrained: image-caption con
 The defaults reproduce the checkpoint shipped in `zegot_jax/demo/mini_clip/` (same seed, same numbers to float
 tolerance on a CPU). What it does:
 
-1. renders a pool of scenes of the textures world (1-4 regions, 64×64), entry i from its own generator seeded by
+1. renders a pool of scenes of the textures world (1-4 regions, mostly 1 or 2, 64×64), entry i from its own generator seeded by
    (seed, PRETRAIN_STREAM, i): never an image of the `textures_zs3` dataset (streams 0-2);
 2. captions each one ("a pattern of red zigzag, bricks and blue dots."): the regions' categories in random
    order, colours named or not, after one of a few prefixes. No pixel labels, no region boxes: only the caption;
@@ -43,21 +43,29 @@ from zegot_jax.models import clip_checkpoint, prompts
 from zegot_jax.models.clip import CLIP, normalize_image
 
 PRETRAIN_STREAM = 1000  # generator stream of the pretraining images (textures_zs3 uses 0, 1 and 2)
-PRETRAIN_REGIONS = (1, 4)  # regions per pretraining scene (the dataset's scenes have 2-4)
+# How often a pretraining scene has 1, 2, 3 or 4 regions (the dataset's scenes have 2-4). Scenes of one or two
+# textures are the caption pairs whose every patch the caption describes; measured (docs/demo.md) to teach the patch
+# features more per step than 1-4 regions drawn uniformly.
+PRETRAIN_REGION_WEIGHTS = (4, 2, 1, 1)
 CAPTION_LENGTH = 20  # tokens per caption, padded (the longest caption has 17): text tower cost stays small
-DEFAULTS = dict(seed=0, steps=3000, batch_size=64, pool_size=100000, lr=1e-3, warmup_steps=200, weight_decay=0.1,
+DEFAULTS = dict(seed=0, steps=8000, batch_size=64, pool_size=200000, lr=1e-3, warmup_steps=200, weight_decay=0.1,
                 pooling="cls+mean")
 
 
+def pretraining_scene(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+  """(image, labels, caption) of pool entry `index`, from its own generator: any subset or split of the pool gives
+  the same entries. The labels are for tests only; pretraining reads the image and the caption."""
+  rng = np.random.default_rng([seed, PRETRAIN_STREAM, int(index)])
+  weights = np.asarray(PRETRAIN_REGION_WEIGHTS, np.float64)
+  count = int(rng.choice(len(weights), p=weights / weights.sum())) + 1
+  image, labels, regions = textures.render_scene(rng, mini_clip.IMAGE_SIZE, (count, count))
+  return image, labels, textures.caption(regions, rng)
+
+
 def _render_range(seed: int, indices: np.ndarray) -> tuple[np.ndarray, list[str]]:
-  """Pool entries `indices`: each from its own generator, so any subset or split gives the same entries."""
-  images, texts = [], []
-  for i in indices:
-    rng = np.random.default_rng([seed, PRETRAIN_STREAM, int(i)])
-    image, _, regions = textures.render_scene(rng, mini_clip.IMAGE_SIZE, PRETRAIN_REGIONS)
-    images.append(image)
-    texts.append(textures.caption(regions, rng))
-  return np.stack(images), texts
+  """Pool entries `indices` (images stacked, captions)."""
+  scenes = [pretraining_scene(seed, i) for i in indices]
+  return np.stack([s[0] for s in scenes]), [s[2] for s in scenes]
 
 
 def map_chunks(render, items: np.ndarray, workers: int = 1, chunk: int = 1000, desc: str = "rendering") -> list:
@@ -193,7 +201,7 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
     if (step + 1) % 50 == 0:
       progress.set_postfix(loss=f"{float(losses[-1]):.3f}", batch_acc=f"{float(accuracies[-1]):.2f}")
   params = jax.device_get(params)
-  report = dict(settings=settings, loss=[float(x) for x in losses], batch_accuracy=[float(x) for x in accuracies],
+  report = dict(settings=settings, region_weights=list(PRETRAIN_REGION_WEIGHTS), loss=[float(x) for x in losses], batch_accuracy=[float(x) for x in accuracies],
                 example_captions=texts[:8], jax_version=jax.__version__, seconds=round(time.time() - start, 1))
   return params, config, tokenizer, report
 
