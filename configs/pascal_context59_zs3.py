@@ -6,13 +6,15 @@ r"""ZegOT on pascal_context59_zs3 with the paper's settings (ViT-B/16 CLIP, N=4,
   python -m zegot_jax.train --config configs/pascal_context59_zs3.py:runlocal=True --workdir /tmp/smoke   # seconds on a CPU
   python -m zegot_jax.evaluate --config configs/pascal_context59_zs3.py --workdir runs/pascal_context59_zs3
 
-Variants (after the colon): setting, runlocal, matching, prompts, fusion_norm, dense_features, num_prompts,
-context_length, ensemble_lambda. Build the dataset first: python -m zegot_jax.data.build pascal_context59_zs3 ...
+Variants (after the colon): setting, runlocal. One field: --config.model.matching=none, --config.train.steps=...
+Build the dataset first: python -m zegot_jax.data.build pascal_context59_zs3 ...
 """
 
 from zegot_jax import config_lib as common
+from zegot_jax.models.zegot import ZegOTConfig
 
 
 def get_config(arg=None):
   variant = common.parse_arg(arg)
-  return common.base_config(variant, dataset="pascal_context59_zs3", steps=40000, teacher="frozen_then_live", image_size=480)
+  return common.base_config(variant, dataset="pascal_context59_zs3", steps=40000, teacher="frozen_then_live",
+                            model=ZegOTConfig(), image_size=480)

@@ -4,16 +4,18 @@ r"""ZegOT on the synthetic textures_zs3 world (builds itself on first use), with
   python -m zegot_jax.train --config configs/textures_zs3.py:runlocal=True --workdir /tmp/smoke
 
 A smoke and development config: the CLIP is random ("random-tiny"), so it learns nothing zero-shot. The offline
-demo (configs/demo.py) runs on the same world with the mini-CLIP pretrained on it. Variants as in
-config_lib.VARIANTS.
+demo (configs/demo.py) runs on the same world with the mini-CLIP pretrained on it. Variants (after the colon):
+setting, runlocal; one field: --config.model.matching=none.
 """
 
 from zegot_jax import config_lib as common
+from zegot_jax.models.zegot import ZegOTConfig
 
 
 def get_config(arg=None):
   variant = common.parse_arg(arg)
-  c = common.base_config(variant, dataset="textures_zs3", steps=2000, teacher="previous", image_size=64)
+  c = common.base_config(variant, dataset="textures_zs3", steps=2000, teacher="previous", model=ZegOTConfig(),
+                         image_size=64)
   if not variant.runlocal:
     c.clip.path = "random-tiny"
     c.clip.dtype = "float32"

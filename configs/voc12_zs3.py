@@ -6,13 +6,14 @@ r"""ZegOT on voc12_zs3 with the paper's settings (ViT-B/16 CLIP, N=4, C=8, DFA l
   python -m zegot_jax.train --config configs/voc12_zs3.py:runlocal=True --workdir /tmp/smoke   # seconds on a CPU
   python -m zegot_jax.evaluate --config configs/voc12_zs3.py --workdir runs/voc12_zs3
 
-Variants (after the colon): setting, runlocal, matching, prompts, fusion_norm, dense_features, num_prompts,
-context_length, ensemble_lambda. Build the dataset first: python -m zegot_jax.data.build voc12_zs3 ...
+Variants (after the colon): setting, runlocal. One field: --config.model.matching=none, --config.train.steps=...
+Build the dataset first: python -m zegot_jax.data.build voc12_zs3 ...
 """
 
 from zegot_jax import config_lib as common
+from zegot_jax.models.zegot import ZegOTConfig
 
 
 def get_config(arg=None):
   variant = common.parse_arg(arg)
-  return common.base_config(variant, dataset="voc12_zs3", steps=20000, teacher="previous")
+  return common.base_config(variant, dataset="voc12_zs3", steps=20000, teacher="previous", model=ZegOTConfig())

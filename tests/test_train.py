@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from zegot_jax import evaluation, from_config, trainer
+from zegot_jax import config_lib, evaluation, from_config, trainer
 from zegot_jax.models import zegot
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -158,14 +158,16 @@ def test_two_processes_train_to_identical_params(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-@pytest.mark.parametrize("arg", ["", "setting=inductive", "runlocal=True", "matching=none,prompts=handcrafted"])
-def test_every_config_builds(path, arg):
+@pytest.mark.parametrize("arg,overrides", [("", {}), ("setting=inductive", {}), ("runlocal=True", {}),
+                                           ("", {"model.matching": "none", "model.prompts": "handcrafted"})])
+def test_every_config_builds(path, arg, overrides):
   """Each config's model initializes (shapes only, jax.eval_shape) with the CLIP it names: ViT-B/16 shapes for
   the benchmarks (no download needed for shapes), the tiny CLIP for runlocal."""
   from zegot_jax.models import tiny_clip  # pylint: disable=g-import-not-at-top
   from zegot_jax.models.clip import vit_b16_config  # pylint: disable=g-import-not-at-top
 
-  config = _load_config_module(path).get_config(arg)
+  config = config_lib.apply_overrides(_load_config_module(path).get_config(arg), overrides)
+  assert {f: getattr(from_config.model_config(config), f.split(".")[1]) for f in overrides} == overrides
   clip_config = (tiny_clip.tiny_config() if config.clip.path == tiny_clip.RANDOM_TINY
                  else vit_b16_config(config.clip.image_size))
   model = zegot.ZegOT(clip_config, from_config.model_config(config))
@@ -186,6 +188,12 @@ def test_config_argument_and_override_typos_are_errors(tmp_path):
     module.get_config("settting=inductive")
   with pytest.raises(ValueError, match="expected transductive or inductive"):
     module.get_config("setting=semi")
+  with pytest.raises(ValueError, match=r"--config.<section>.matching=.*--config.model.matching=none"):
+    module.get_config("matching=none")  # one field: --config.model.matching=none, not a variant
+  loaded = subprocess.run([PYTHON, "-c", "import sys, zegot_jax.config_lib, importlib.util\n"
+                           "print(sorted(m for m in sys.modules if m.startswith('zegot_jax.models')))"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert loaded.returncode == 0 and loaded.stdout.strip() == "[]", loaded  # config_lib does not import the model
   result = subprocess.run([PYTHON, "-m", "zegot_jax.train", "--config", "configs/voc12_zs3.py",
                            "--config.train.stpes=5", "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)

@@ -1,19 +1,24 @@
 """The settings every ZegOT config shares, and the argument parsing of `get_config(arg)`.
 
 A config file's `get_config(arg)` takes a comma-separated `key=value` string, given on the command line after
-a colon: `--config configs/voc12_zs3.py:setting=inductive,matching=none`. Unknown keys are an
-error. Any field can also be overridden directly: `--config.train.steps=1000`.
+a colon, for what changes several fields at once: `--config configs/voc12_zs3.py:setting=inductive` or
+`:runlocal=True`. Unknown keys are an error. A single field is overridden directly:
+`--config.model.matching=none`, `--config.train.steps=1000`.
+
+The model's section is the config file's `ZegOTConfig` written out field by field (`model_section`): its defaults
+live in `ZegOTConfig` alone, every field can be overridden, and `ZegOTConfig(**config.model)` builds it back
+(`from_config.model_config`). This module does not import the model.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import ml_collections
 
-from zegot_jax.models.zegot import HANDCRAFTED_TEMPLATES
-
-# Variant keys a config file accepts in its argument, with their defaults.
-VARIANTS = dict(setting="transductive", runlocal=False, matching="mpot", prompts="learnable", fusion_norm="sigmoid",
-                dense_features="tokens", num_prompts=4, context_length=8, ensemble_lambda=0.8)
+# Variant keys a config file accepts in its argument, with their defaults: each changes several fields at once.
+VARIANTS = dict(setting="transductive", runlocal=False)
 
 
 def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
@@ -23,7 +28,8 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or key not in VARIANTS:
-      raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(VARIANTS)}")
+      raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(VARIANTS)}; set a single "
+                       f"field with --config.<section>.{key or 'field'}=..., e.g. --config.model.matching=none")
     default = VARIANTS[key]
     if isinstance(default, bool):
       if value.lower() not in ("true", "false", "1", "0"):
@@ -36,9 +42,14 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(values)
 
 
-def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int, teacher: str,
+def model_section(model_config: Any) -> ml_collections.ConfigDict:
+  """A model config dataclass (ZegOTConfig) as a config section, every field written out (nested ones too)."""
+  return ml_collections.ConfigDict(dataclasses.asdict(model_config))
+
+
+def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int, teacher: str, model: Any,
                 image_size: int = 512) -> ml_collections.ConfigDict:
-  """The paper's settings (appendix B, C, F; DESIGN.md) for one dataset."""
+  """The paper's settings (appendix B, C, F; DESIGN.md) for one dataset; `model`: the ZegOTConfig to train."""
   c = ml_collections.ConfigDict()
   c.dataset = dataset
   c.data_dir = "~/tensorflow_datasets"
@@ -47,12 +58,7 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
   c.clip = ml_collections.ConfigDict(dict(
       path="openai/clip-vit-base-patch16",  # a checkpoint directory or hub id; "random-tiny" for smoke runs
       image_size=image_size, dtype="bfloat16"))
-  c.model = ml_collections.ConfigDict(dict(
-      num_prompts=variant.num_prompts, context_length=variant.context_length, dfa_layers=(8, 9, 10, 11, 12),
-      ensemble_lambda=variant.ensemble_lambda, matching=variant.matching, prompts=variant.prompts,
-      fusion_norm=variant.fusion_norm, dense_features=variant.dense_features, decoder_features=32,
-      global_alignment=True, ga_init="identity", templates=HANDCRAFTED_TEMPLATES,
-      sinkhorn=ml_collections.ConfigDict(dict(epsilon=0.05, max_iterations=100, threshold=1e-4))))
+  c.model = model_section(model)
   c.train = ml_collections.ConfigDict(dict(
       steps=steps, batch_size=16, lr=2e-4, weight_decay=0.01, warmup_steps=1500, poly_power=0.9,
       phase1_fraction=0.2, teacher=teacher, live_fraction=0.5, seed=0, num_workers=2,
@@ -82,6 +88,19 @@ def apply_runlocal(c: ml_collections.ConfigDict) -> None:
   c.model.decoder_features = 8
   c.train.update(dict(steps=6, batch_size=4, warmup_steps=2, num_workers=0, log_every=1, checkpoint_every=3,
                       eval_every=6, eval_max_examples=4))
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]) -> ml_collections.ConfigDict:
+  """Sets dotted fields, as `--config.a.b=value` does: {"model.matching": "none"}. An unknown field is an error."""
+  for key, value in overrides.items():
+    *path, last = key.split(".")
+    node = config
+    for part in path:
+      node = node[part]
+    if last not in node:
+      raise KeyError(f"config has no field {key!r}")
+    node[last] = value
+  return config
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:

@@ -104,7 +104,7 @@ def test_baseline_is_the_frozen_clip_alone(data_dir, tmp_path):
 
 
 def test_results_runs_take_the_requested_variant_setting_seed_and_steps():
-  config = results.run_config(str(ROOT / "configs" / "demo.py"), "matching=none", "inductive", 2, 10)
+  config = results.run_config(str(ROOT / "configs" / "demo.py"), {"model.matching": "none"}, "inductive", 2, 10)
   assert (config.dataset, config.setting, config.model.matching) == ("textures_zs3", "inductive", "none")
   assert (config.train.seed, config.train.steps, config.train.eval_every, config.pictures.num_images) == (2, 10, 10, 0)
   assert config.eval.split == "test"

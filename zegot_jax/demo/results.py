@@ -1,7 +1,7 @@
 r"""The demo's results table: mIoU(S), mIoU(U), hIoU, mean ± std over seeds, for
 
   (a) the frozen CLIP alone: hand-crafted prompts, no training (the dense zero-shot baseline),
-  (b) ZegOT without MPOT (matching=none),
+  (b) ZegOT without MPOT (model.matching=none),
   (c) ZegOT with hand-crafted prompts,
   (d) ZegOT,
 
@@ -29,11 +29,11 @@ from absl import app, flags, logging
 from zegot_jax import checkpoints, config_lib, evaluation, trainer
 
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU")
-ROWS = {  # row → (title, config variant)
+ROWS = {  # row → (title, config overrides; None: the untrained baseline)
     "baseline": ("(a) frozen CLIP, hand-crafted prompts, no training", None),
-    "no_mpot": ("(b) ZegOT without MPOT", "matching=none"),
-    "handcrafted": ("(c) ZegOT with hand-crafted prompts", "prompts=handcrafted"),
-    "zegot": ("(d) ZegOT", ""),
+    "no_mpot": ("(b) ZegOT without MPOT", {"model.matching": "none"}),
+    "handcrafted": ("(c) ZegOT with hand-crafted prompts", {"model.prompts": "handcrafted"}),
+    "zegot": ("(d) ZegOT", {}),
 }
 SETTINGS = ("inductive", "transductive")
 
@@ -61,9 +61,8 @@ def evaluate_untrained(config: ml_collections.ConfigDict, workdir: pathlib.Path,
   return evaluation.evaluate_dataset(config, run.model, run.params, run.tokenizer, mesh=run.mesh)
 
 
-def run_config(config_path: str, variant: str | None, setting: str, seed: int, steps: int | None):
-  arg = ",".join(filter(None, [f"setting={setting}", variant]))
-  config = config_lib.load_config(f"{config_path}:{arg}")
+def run_config(config_path: str, overrides: dict | None, setting: str, seed: int, steps: int | None):
+  config = config_lib.apply_overrides(config_lib.load_config(f"{config_path}:setting={setting}"), overrides or {})
   config.train.seed = seed
   config.pictures.num_images = 0
   if steps:
@@ -92,18 +91,18 @@ def run_all(out: str | pathlib.Path, *, config_path: str = "configs/demo.py", se
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
   results = {}
-  for row, (_, variant) in ROWS.items():
+  for row, (_, overrides) in ROWS.items():
     results[row] = {}
-    settings = ("no training",) if variant is None else SETTINGS
+    settings = ("no training",) if overrides is None else SETTINGS
     for setting in settings:
       runs = []
-      for seed in seeds if variant is not None else seeds[:1]:
+      for seed in seeds if overrides is not None else seeds[:1]:
         workdir = out / f"{row}_{setting.replace(' ', '_')}_seed{seed}"
         done = workdir / "result.json"
         if not done.is_file():
-          config = run_config(config_path, variant or "", "transductive" if variant is None else setting, seed,
+          config = run_config(config_path, overrides, "transductive" if overrides is None else setting, seed,
                               steps)
-          if variant is None:
+          if overrides is None:
             result = evaluate_untrained(baseline_config(config), workdir, seed)
           else:
             result = trainer.train_and_evaluate(config, workdir)["eval"]
