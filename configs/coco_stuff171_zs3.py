@@ -16,4 +16,5 @@ from zegot_jax.models.zegot import ZegOTConfig
 
 def get_config(arg=None):
   variant = common.parse_arg(arg)
-  return common.base_config(variant, dataset="coco_stuff171_zs3", steps=80000, teacher="frozen_then_live", model=ZegOTConfig())
+  return common.base_config(variant, dataset="coco_stuff171_zs3", steps=80000, teacher="frozen_then_live",
+                            model=ZegOTConfig())

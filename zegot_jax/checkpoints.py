@@ -2,7 +2,7 @@
 restore used by training (resume) and by inference (evaluation, prediction, pictures).
 
 A checkpoint in <workdir>/checkpoints/<step>/ holds three items: `state` (the train state as a dict: step,
-params, opt_state, teacher, rng), `data` (the input iterator's state) and `meta` (the checked config entries,
+params, opt_state, teacher), `data` (the input iterator's state) and `meta` (the checked config entries,
 the class list and the CLIP path). orbax writes each checkpoint to a temporary directory and renames it when it
 is complete, so a crash or a kill during a save never damages an earlier checkpoint.
 """
@@ -129,7 +129,7 @@ def load_run(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, ste
   tokenizer = prompts.load_tokenizer(clip.path)
   if untrained_seed is None:
     trainable, step = restore_trainable(workdir, config, model, mesh, step)
-  else:  # no parameter has the number of classes in its shape, so any class list initializes them
+  else:
     trainable, step = zegot.init_trainable(model, jax.random.key(untrained_seed)), 0
   params = zegot.merge_params(trainable, from_config.shard_clip_params(clip.params, mesh, config))
   return TrainedRun(model, params, tokenizer, mesh, step)

@@ -117,11 +117,14 @@ class Segmenter:
     self._tokens = jax.device_put(zegot.class_tokens(tokenizer, self.class_names, model.config),
                                   NamedSharding(mesh, P()))
     self._encode = jax.jit(lambda params, tokens: model.apply({"params": params}, tokens, method="encode_classes"))
-    self._windows = jax.jit(lambda params, text, windows: model.apply({"params": params}, windows, text,
-                                                                      method="segment")[0].logits)
+
+    def segment(params, text, images):  # ZegOT.segment: (output, aux)
+      return model.apply({"params": params}, images, text, method="segment")
+
+    self._windows = jax.jit(lambda params, text, windows: segment(params, text, windows)[0].logits)
 
     def maps(params, text, image):  # one window-sized image → Y* (H, W, K) and S* of eq. 8 (h, w, K, N)
-      output, aux = model.apply({"params": params}, image[None], text, method="segment")
+      output, aux = segment(params, text, image[None])
       return output.logits[0], aux["fused_map"][0]
 
     self._maps = jax.jit(maps)
@@ -138,11 +141,14 @@ class Segmenter:
     self.params = params
     self.text = self._encode(params, self._tokens)  # (K, N, D)
 
-  def window_logits(self, windows: jax.Array) -> jax.Array:
-    """(n, crop, crop, 3) windows → (n, crop, crop, K) logits Y*."""
+  def _bound(self) -> tuple[Any, jax.Array]:
     if self.params is None:
       raise RuntimeError("Segmenter.set_params(params) first")
-    return self._windows(self.params, self.text, windows)
+    return self.params, self.text
+
+  def window_logits(self, windows: jax.Array) -> jax.Array:
+    """(n, crop, crop, 3) windows → (n, crop, crop, K) logits Y*."""
+    return self._windows(*self._bound(), windows)
 
   def logits(self, image: np.ndarray, output_size: tuple[int, int] | None = None) -> jax.Array:
     """Sliding-window logits (H, W, K) of one image (h, w, 3), already resized to the evaluation scale, resized
@@ -152,6 +158,4 @@ class Segmenter:
 
   def score_maps(self, image: np.ndarray) -> tuple[jax.Array, jax.Array]:
     """One image segmented whole (no windows): (logits Y* (H, W, K), fused score maps S* (h, w, K, N))."""
-    if self.params is None:
-      raise RuntimeError("Segmenter.set_params(params) first")
-    return self._maps(self.params, self.text, jnp.asarray(image))
+    return self._maps(*self._bound(), jnp.asarray(image))

@@ -6,7 +6,7 @@ Sections, in the order `train_and_evaluate` runs them: mesh, input pipeline, CLI
 sharding, update step, checkpoint restore, loop (logging, evaluation, checkpoints, preemption).
 
 A run restarted in the same workdir resumes from its latest checkpoint (parameters, optimizer state, teacher,
-RNG, data iterator) and continues exactly as if never stopped. SIGTERM (preemption) saves a checkpoint and
+data iterator) and continues exactly as if never stopped. SIGTERM (preemption) saves a checkpoint and
 exits cleanly. The workdir holds checkpoints/, metrics.jsonl, tb/ (TensorBoard) and config.json.
 """
 

@@ -5,7 +5,8 @@ r"""Pretrains the demo's mini-CLIP the way CLIP is pretrained: image-caption con
 The defaults reproduce the checkpoint shipped in `zegot_jax/demo/mini_clip/` (same seed, same numbers to float
 tolerance on a CPU). What it does:
 
-1. renders a pool of scenes of the textures world (1-4 regions, mostly 1 or 2, 64×64), entry i from its own generator seeded by
+1. renders a pool of scenes of the textures world (1-4 regions, mostly 1 or 2, 64×64), entry i from its own
+   generator seeded by
    (seed, PRETRAIN_STREAM, i): never an image of the `textures_zs3` dataset (streams 0-2);
 2. captions each one ("a pattern of red zigzag, bricks and blue dots."): the regions' categories in random
    order, colours named or not, after one of a few prefixes. No pixel labels, no region boxes: only the caption;
@@ -201,7 +202,8 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
     if (step + 1) % 50 == 0:
       progress.set_postfix(loss=f"{float(losses[-1]):.3f}", batch_acc=f"{float(accuracies[-1]):.2f}")
   params = jax.device_get(params)
-  report = dict(settings=settings, region_weights=list(PRETRAIN_REGION_WEIGHTS), loss=[float(x) for x in losses], batch_accuracy=[float(x) for x in accuracies],
+  report = dict(settings=settings, region_weights=list(PRETRAIN_REGION_WEIGHTS), loss=[float(x) for x in losses],
+                batch_accuracy=[float(x) for x in accuracies],
                 example_captions=texts[:8], jax_version=jax.__version__, seconds=round(time.time() - start, 1))
   return params, config, tokenizer, report
 
