@@ -31,7 +31,7 @@ def get_config(arg=None):
       phase1_fraction=0.5,  # a short run: phase 1 needs enough steps for the pseudo-labels to be worth using
       eval_every=400))  # and at the last step, whatever train.steps is
   c.eval.split = "test"  # the README's numbers; settings were chosen on "validation"
-  c.pictures = dict(num_images=4)
+  c.eval.pictures = 4  # Figure 1 for 4 test images, in <workdir>/pictures
   if runlocal:
     c.train.update(dict(steps=160, checkpoint_every=80, eval_every=160))
   return c

@@ -30,7 +30,7 @@ def run(tmp_path_factory):
 def test_predict_and_evaluation_give_the_same_logits(run):
   """A dataset image read from a PNG file by predict, with the dataset's class list, gets exactly the logits that
   evaluation computes for it: one Segmenter, the same resize, windows and stride."""
-  config = predict.load_run_config(run)
+  config = checkpoints.read_run_config(run)
   trained = checkpoints.load_run(run, config)
   evaluator = evaluation.Evaluator(config, trained.model, trained.tokenizer, mesh=trained.mesh)
   evaluator.segmenter.set_params(trained.params)

@@ -201,12 +201,17 @@ def test_config_argument_and_override_typos_are_errors(tmp_path):
 
 
 def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
+  """The evaluate CLI reproduces the in-training evaluation exactly, numbers and pictures (eval.pictures)."""
   args = ["--config", "configs/textures_zs3.py:runlocal=True", f"--config.data_dir={data_dir}",
-          "--workdir", str(tmp_path)]
+          "--config.eval.pictures=2", "--workdir", str(tmp_path)]
   trained = subprocess.run([PYTHON, "-m", "zegot_jax.train", *args], cwd=ROOT, capture_output=True, text=True,
                            timeout=600)
   assert trained.returncode == 0, trained.stderr[-3000:]
   assert "hIoU" in trained.stdout
+  drawn = {p.name: p.read_bytes() for p in (tmp_path / "pictures").iterdir()}
+  assert json.loads(drawn["pictures.json"])["step"] == 6 and len(drawn) == 4  # 2 rows, the figure, the index
+  for p in (tmp_path / "pictures").iterdir():
+    p.unlink()
   evaluated = subprocess.run([PYTHON, "-m", "zegot_jax.evaluate", *args, "--max_examples=4"], cwd=ROOT,
                              capture_output=True, text=True, timeout=600)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
@@ -216,3 +221,5 @@ def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
   for key in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU"):
     assert result[key] == pytest.approx(logged[f"eval/{key}"], abs=1e-9)
   assert set(result["report"]["per_class"]) == set(result["report"]["split"])
+  # ... and the same pictures, drawn again from the checkpoint, to the byte.
+  assert {p.name: p.read_bytes() for p in (tmp_path / "pictures").iterdir()} == drawn

@@ -9,6 +9,7 @@ is complete, so a crash or a kill during a save never damages an earlier checkpo
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ from zegot_jax.models import prompts, zegot
 
 # Config entries that may change between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = ("data_dir", "train.log_every", "train.checkpoint_every", "train.eval_every",
-                     "train.eval_max_examples", "train.num_workers", "eval.batch_windows")
+                     "train.eval_max_examples", "train.num_workers", "eval.batch_windows", "eval.pictures")
 # What the trainable params depend on: a checkpoint restored for inference must agree with the config on these.
 INFERENCE_CHECKED = ("model.", "clip.")
 
@@ -106,6 +107,15 @@ def restore_trainable(workdir: pathlib.Path, config: ml_collections.ConfigDict, 
   state, _ = restore(mngr, step, dict(params=abstract), config=config, where=str(workdir),
                      check=INFERENCE_CHECKED, partial=True)
   return state["params"], step
+
+
+def read_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
+  """The config a run was trained with (<workdir>/config.json, written by training)."""
+  path = pathlib.Path(workdir) / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} does not exist: --workdir must be a training run's directory "
+                            f"(or pass --config)")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 class TrainedRun(NamedTuple):

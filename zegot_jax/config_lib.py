@@ -66,7 +66,8 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
   c.eval = ml_collections.ConfigDict(dict(
       split="validation",  # the split evaluation reports on
       seen_bias=0.1 if variant.setting == "inductive" else 0.0,  # the peers' inductive calibration
-      batch_windows=0))  # 0: all windows of an image in one call
+      batch_windows=0,  # 0: all windows of an image in one call
+      pictures=0))  # > 0: draw Figure 1 for this many evaluation images at each evaluation (pictures.py)
   c.mesh = ml_collections.ConfigDict(dict(
       data=-1,  # -1: all devices not used by fsdp
       fsdp=1,  # > 1 splits the frozen CLIP's large matrices over this many devices

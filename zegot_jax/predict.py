@@ -28,23 +28,12 @@ from absl import app, flags, logging
 from PIL import Image, ImageDraw, ImageFont
 
 from zegot_jax import checkpoints, config_lib, metrics
+from zegot_jax.pictures import palette
 from zegot_jax.data import augment, registry
 from zegot_jax.models import prompts
 from zegot_jax.segmenter import Segmenter
 
 UNASSIGNED = 255
-
-
-def palette(n: int) -> np.ndarray:
-  """n well-separated RGB colours (golden-ratio hues)."""
-  hues = (np.arange(n) * 0.618033988749895) % 1.0
-  rgb = []
-  for h in hues:
-    i, f = int(h * 6), h * 6 - int(h * 6)
-    v, s = 0.95, 0.75
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    rgb.append([(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i % 6])
-  return (np.asarray(rgb) * 255).astype(np.uint8)
 
 
 def read_image(path: str | pathlib.Path) -> np.ndarray:
@@ -56,14 +45,6 @@ def read_image(path: str | pathlib.Path) -> np.ndarray:
       return np.asarray(image.convert("RGB"))
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for corrupt files)
     raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
-
-
-def load_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist: --workdir must be a training run's directory "
-                            f"(or pass --config)")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def render_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.55) -> Image.Image:
@@ -103,7 +84,7 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
             out: str | pathlib.Path | None = None) -> dict:
   """Segments one image; writes the files listed in the module docstring and returns the summary."""
   workdir = pathlib.Path(workdir).expanduser()
-  config = config or load_run_config(workdir)
+  config = config or checkpoints.read_run_config(workdir)
   names = prompts.check_class_names(class_names)
   image = read_image(image_path)
 

@@ -1,7 +1,8 @@
 """Inference of a trained ZegOT for one class list: the `Segmenter`, and mmsegmentation's sliding-window test.
 
 A `Segmenter` computes the class list's text embeddings once (per set of parameters) and owns the jitted window
-inference; evaluation (`evaluation.py`), prediction (`predict.py`) and the demo's pictures all segment through it.
+inference; evaluation (`evaluation.py`), prediction (`predict.py`) and the pictures (`pictures.py`) all segment
+through it.
 """
 
 from __future__ import annotations
@@ -137,7 +138,10 @@ class Segmenter:
     return len(self.class_names)
 
   def set_params(self, params: Any) -> None:
-    """Segment with `params` (the full tree: trainable + "clip"); computes the text embeddings, once."""
+    """Segment with `params` (the full tree: trainable + "clip"); computes the text embeddings, once: setting
+    the same tree again (e.g. evaluation, then its pictures) keeps them."""
+    if params is self.params:
+      return
     self.params = params
     self.text = self._encode(params, self._tokens)  # (K, N, D)
 

@@ -7,7 +7,8 @@ sharding, update step, checkpoint restore, loop (logging, evaluation, checkpoint
 
 A run restarted in the same workdir resumes from its latest checkpoint (parameters, optimizer state, teacher,
 data iterator) and continues exactly as if never stopped. SIGTERM (preemption) saves a checkpoint and
-exits cleanly. The workdir holds checkpoints/, metrics.jsonl, tb/ (TensorBoard) and config.json.
+exits cleanly. The workdir holds checkpoints/, metrics.jsonl, tb/ (TensorBoard), config.json and, when the config
+asks for them (`eval.pictures`), the pictures of the last evaluation in pictures/.
 """
 
 from __future__ import annotations
@@ -277,8 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
       if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
         if evaluator is None:  # built at the first evaluation, on the dataset already open: opened once per run
           evaluator = evaluation.Evaluator(config, model, tokenizer, mesh=mesh, dataset=dataset,
-                                           max_examples=t.eval_max_examples)
-        last_eval = evaluator(zegot.merge_params(state.params, clip_params))
+                                           max_examples=t.eval_max_examples, pictures_dir=workdir / "pictures")
+        last_eval = evaluator(zegot.merge_params(state.params, clip_params), done)
         writer.write(done, {f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
         timer = time.perf_counter()
       if multi_process and mngr.reached_preemption(done):

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zegot_jax import config_lib, from_config
+from zegot_jax import config_lib, from_config, pictures
 from zegot_jax.data import textures
-from zegot_jax.demo import pictures, results
+from zegot_jax.demo import results
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.clip import CLIP, normalize_image
 
@@ -63,7 +63,7 @@ def test_pictures_are_pngs_of_the_documented_size(demo_run, data_dir):
   config = demo_config(data_dir)
   n = config.model.num_prompts
   meta = json.loads((workdir / "pictures" / "pictures.json").read_text())
-  assert len(meta["files"]) == config.pictures.num_images and meta["split"] == "test"
+  assert len(meta["files"]) == config.eval.pictures and meta["split"] == "test"
   width = (3 + n) * (pictures.PANEL + pictures.GAP) - pictures.GAP
   heights = []
   for name in meta["files"]:
@@ -106,12 +106,12 @@ def test_baseline_is_the_frozen_clip_alone(data_dir, tmp_path):
 def test_results_runs_take_the_requested_variant_setting_seed_and_steps():
   config = results.run_config(str(ROOT / "configs" / "demo.py"), {"model.matching": "none"}, "inductive", 2, 10)
   assert (config.dataset, config.setting, config.model.matching) == ("textures_zs3", "inductive", "none")
-  assert (config.train.seed, config.train.steps, config.train.eval_every, config.pictures.num_images) == (2, 10, 10, 0)
+  assert (config.train.seed, config.train.steps, config.train.eval_every, config.eval.pictures) == (2, 10, 10, 0)
   assert config.eval.split == "test"
 
 
 CORE = ["models", "data", "trainer.py", "checkpoints.py", "evaluation.py", "metrics.py", "segmenter.py", "selftrain.py",
-        "from_config.py", "train.py", "evaluate.py", "predict.py", "config_lib.py"]
+        "from_config.py", "train.py", "evaluate.py", "predict.py", "config_lib.py", "pictures.py"]
 
 
 def test_the_core_never_imports_the_demo():

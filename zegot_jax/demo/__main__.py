@@ -17,8 +17,8 @@ import time
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from zegot_jax import checkpoints, evaluation, metrics, trainer
-from zegot_jax.demo import pictures, results
+from zegot_jax import evaluation, metrics, trainer
+from zegot_jax.demo import results
 
 DEFAULT_CONFIG = "configs/demo.py"
 
@@ -50,17 +50,16 @@ def main(argv, f: dict):
   if run["stopped"]:
     return
   zegot = run["eval"]
-  if zegot is None:  # the run had already finished: evaluate its last checkpoint
-    restored = checkpoints.load_run(workdir, config)
-    zegot = evaluation.evaluate_dataset(config, restored.model, restored.params, restored.tokenizer,
-                                        mesh=restored.mesh)
+  if zegot is None:  # the run had already finished: evaluate its last checkpoint (and draw its pictures)
+    zegot = evaluation.evaluate_run(workdir, config)
   frozen = baseline(config, workdir)
   print(metrics.format_table(zegot["report"]))
   print(f"\n{zegot['dataset']} {zegot['split']} split, {zegot['examples']} images, step {run['step']}; "
         f"unseen: {', '.join(n for n, s in zegot['report']['split'].items() if s == 'unseen')}\n")
   print(comparison_table(zegot, frozen))
-  paths = pictures.write_pictures(workdir, config, num_images=config.pictures.num_images)
-  print(f"\nfigure: {paths[0]} (input | ground truth | prediction | per-prompt score maps of an unseen class)")
+  if "pictures" in zegot:
+    print(f"\nfigure: {zegot['pictures']} (input | ground truth | prediction | per-prompt score maps of an unseen "
+          "class)")
   print(f"demo done in {time.time() - start:.0f} s")
 
 

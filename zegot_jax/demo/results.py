@@ -64,7 +64,7 @@ def evaluate_untrained(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 def run_config(config_path: str, overrides: dict | None, setting: str, seed: int, steps: int | None):
   config = config_lib.apply_overrides(config_lib.load_config(f"{config_path}:setting={setting}"), overrides or {})
   config.train.seed = seed
-  config.pictures.num_images = 0
+  config.eval.pictures = 0
   if steps:
     config.train.steps = steps
     config.train.eval_every = steps
