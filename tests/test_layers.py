@@ -71,3 +71,31 @@ def test_data_does_not_know_the_model():
   for module, imports in _graph().items():
     if _unit(module) == "data":
       assert all(_unit(i) == "data" for i in imports), (module, imports)
+
+
+def _readme_tree() -> set[str]:
+  """The paths the README's Layout block names, from its indented tree (two spaces a level)."""
+  readme = (PACKAGE.parent / "README.md").read_text()
+  block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+  paths, stack = set(), []
+  for line in block.splitlines():
+    if not line.strip():
+      continue
+    depth = (len(line) - len(line.lstrip(" "))) // 2
+    name = line.split()[0]
+    stack = stack[:depth] + [name.rstrip("/")]
+    paths.add("/".join(stack) + ("/" if name.endswith("/") else ""))
+  return paths
+
+
+def test_readme_layout_matches_the_tree():
+  """Every module of the package is in the README's layout, and everything the layout names exists."""
+  named = _readme_tree()
+  root = PACKAGE.parent
+  missing_files = sorted(p for p in named if not (root / p).exists())
+  assert not missing_files, f"the README's layout names what does not exist: {missing_files}"
+  modules = {str(p.relative_to(root)) for p in PACKAGE.rglob("*.py") if p.name != "__init__.py"}
+  listed_dirs = {p for p in named if p.endswith("/")}
+  unlisted = sorted(m for m in modules if m not in named and pathlib.Path(m).parent.as_posix() + "/" not in
+                    listed_dirs - {"zegot_jax/", "zegot_jax/data/", "zegot_jax/models/", "zegot_jax/demo/"})
+  assert not unlisted, f"modules missing from the README's layout: {unlisted}"
