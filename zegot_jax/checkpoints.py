@@ -4,13 +4,22 @@ restore used by training (resume) and by inference (evaluation, prediction, pict
 A checkpoint in <workdir>/checkpoints/<step>/ holds three items: `state` (the train state as a dict: step,
 params, opt_state, teacher), `data` (the input iterator's state) and `meta` (the checked config entries,
 the class list and the CLIP path). orbax writes each checkpoint to a temporary directory and renames it when it
-is complete, so a crash or a kill during a save never damages an earlier checkpoint.
+is complete, so a crash or a kill during a save never damages an earlier checkpoint. Training never saves a
+non-finite state (trainer.py), and holds `lock_workdir` so that two trainers never share a workdir.
+
+Reading a run (`load_run`, `read_run_config`) never creates anything in its workdir.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
+import os
 import pathlib
+import shutil
+import socket
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -20,13 +29,18 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from zegot_jax import from_config
+from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError, UserError
 from zegot_jax.models import prompts, zegot
 
 # Config entries that may change between a run and its resumption without changing what it computes.
 RESUMABLE_CHANGES = ("data_dir", "train.log_every", "train.checkpoint_every", "train.eval_every",
                      "train.eval_max_examples", "train.num_workers", "eval.batch_windows", "eval.pictures")
-# What the trainable params depend on: a checkpoint restored for inference must agree with the config on these.
-INFERENCE_CHECKED = ("model.", "clip.")
+# Entries that may also change when a run is restarted from an earlier checkpoint on purpose (--restart_from), e.g.
+# with a lower learning rate after the run diverged.
+RESTART_CHANGES = ("train.lr", "train.warmup_steps")
+# What inference depends on: a checkpoint restored for inference must agree with the config on these (the setting
+# changes the class list and the calibration; the dataset, the class list of the result).
+INFERENCE_CHECKED = ("model.", "clip.", "setting", "dataset")
 
 
 def checked_config(config: ml_collections.ConfigDict) -> dict:
@@ -45,52 +59,150 @@ def checked_config(config: ml_collections.ConfigDict) -> dict:
 
 
 def check_matches(saved: dict, config: ml_collections.ConfigDict, where: str,
-                  prefixes: tuple[str, ...] = ("",)) -> None:
-  """Raises with every differing entry (among those starting with one of `prefixes`)."""
+                  prefixes: tuple[str, ...] = ("",), allowed: tuple[str, ...] = ()) -> None:
+  """Raises with every differing entry (among those starting with one of `prefixes`, except `allowed`)."""
   current = checked_config(config)
-  keys = [k for k in sorted(set(saved) | set(current)) if k.startswith(prefixes)]
-  diffs = [f"  {k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
+  keys = [k for k in sorted(set(saved) | set(current)) if k.startswith(prefixes) and k not in allowed]
+  diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
            for k in keys if saved.get(k) != current.get(k)]
   if diffs:
-    raise ValueError(f"the checkpoint in {where} does not match the config; these entries differ:\n"
-                     + "\n".join(diffs) + "\nUse another --workdir, or the config the checkpoint was trained with.")
+    raise ConfigError(f"the checkpoint in {where} does not match the config; these entries differ: "
+                      + "; ".join(diffs) + ". Use another --workdir, or the config the checkpoint was trained with"
+                      + (" (to restart from an earlier checkpoint with another learning rate: --restart_from=STEP)"
+                         if any(d.startswith(RESTART_CHANGES) for d in diffs) else ""))
 
 
-def manager(workdir: pathlib.Path, max_to_keep: int = 3) -> ocp.CheckpointManager:
-  """The run's checkpoint manager (synchronous saves). orbax refuses relative paths; `--workdir runs/demo` is one."""
-  return ocp.CheckpointManager((pathlib.Path(workdir) / "checkpoints").absolute(),
-                               options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                                                     enable_async_checkpointing=False))
+def manager(workdir: pathlib.Path, max_to_keep: int = 3, *, read_only: bool = False) -> ocp.CheckpointManager:
+  """The run's checkpoint manager (synchronous saves). orbax refuses relative paths; `--workdir runs/demo` is one.
+  `read_only`: for inference; the checkpoints directory must exist and nothing is created."""
+  directory = (pathlib.Path(workdir) / "checkpoints").absolute()
+  if read_only and not directory.is_dir():
+    raise MissingFileError(f"{directory} does not exist: --workdir {workdir} is not a training run's directory "
+                           f"(or it has saved no checkpoint yet)")
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, read_only=read_only, enable_async_checkpointing=False))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_state: Any, meta: dict) -> None:
-  mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state),
-                                          meta=ocp.args.JsonSave(meta)), force=True)
+  """Saves checkpoint `step`; a failed write (a full disk) is one error naming the checkpoints still intact."""
+  try:
+    mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                            data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
+              force=True)
+  except Exception as e:  # orbax may wrap the OSError
+    cause = _os_error(e)
+    if cause is None:
+      raise
+    intact = [s for s in _step_dirs(pathlib.Path(mngr.directory)) if s != step]
+    full = " (the disk is full)" if cause.errno == errno.ENOSPC else ""
+    raise UserError(f"could not save checkpoint {step} in {mngr.directory}{full}: {cause.strerror or cause}; the "
+                    f"checkpoints saved before it are intact: {intact or 'none'}. Free space (or fix the "
+                    f"directory), then rerun the same command: it resumes from "
+                    f"{intact[-1] if intact else 'the start'}") from e
+
+
+def _os_error(error: BaseException) -> OSError | None:
+  while error is not None:
+    if isinstance(error, OSError):
+      return error
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _step_dirs(directory: pathlib.Path) -> list[int]:
+  """The finished checkpoints' steps in a checkpoints directory (orbax's temporary ones excluded), sorted."""
+  if not directory.is_dir():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def abandon_after(workdir: pathlib.Path, step: int) -> list[int]:
+  """Moves the checkpoints later than `step` to <workdir>/abandoned/<time>/ (kept, not deleted), so a restart
+  from `step` continues from it; returns their steps. Call before opening the manager."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  steps = _step_dirs(directory)
+  if step not in steps:
+    raise MissingFileError(f"--restart_from={step}: {directory} has no checkpoint {step} (it has {steps})")
+  later = [s for s in steps if s > step]
+  if later:
+    target = pathlib.Path(workdir) / "abandoned" / time.strftime("%Y%m%d-%H%M%S")
+    target.mkdir(parents=True, exist_ok=True)
+    for s in later:
+      shutil.move(str(directory / str(s)), str(target / str(s)))
+  return later
+
+
+class WorkdirLock:
+  """An exclusive lock on a workdir (<workdir>/.lock, flock), held while a trainer runs there; released when the
+  process ends, even by SIGKILL. A second trainer in the same workdir fails naming the holder."""
+
+  def __init__(self, workdir: pathlib.Path):
+    self.path = pathlib.Path(workdir) / ".lock"
+    self.file = None
+
+  def __enter__(self) -> "WorkdirLock":
+    self.file = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    try:
+      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      self.file.seek(0)
+      holder = self.file.read().strip() or "another process"
+      self.file.close()
+      raise UserError(f"{self.path.parent} is in use by another trainer ({holder}); wait for it to finish, stop it, "
+                      f"or use another --workdir") from None
+    self.file.seek(0)
+    self.file.truncate()
+    self.file.write(f"pid {os.getpid()} on host {socket.gethostname()}")
+    self.file.flush()
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.file.seek(0)
+    self.file.truncate()
+    fcntl.flock(self.file, fcntl.LOCK_UN)
+    self.file.close()
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: Any, *, config: ml_collections.ConfigDict, where: str,
-            check: tuple[str, ...] = ("",), partial: bool = False, data: bool = False) -> tuple[Any, Any]:
+            check: tuple[str, ...] = ("",), partial: bool = False, data: bool = False,
+            allowed: tuple[str, ...] = ()) -> tuple[Any, Any]:
   """(state, data state or None) of checkpoint `step`, after checking its config entries that start with one of
   `check` against `config`. `target`: the abstract state (jax.ShapeDtypeStruct leaves with their shardings);
   `partial`: `target` is a part of the saved state (e.g. {"params": ...} for inference); `data`: also restore
-  the input iterator's state."""
-  meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  check_matches(meta["config"], config, where, prefixes=check)
+  the input iterator's state; `allowed`: entries that may differ (RESTART_CHANGES on an explicit restart). A
+  checkpoint that cannot be read is a DamagedFileError naming the others."""
+  try:
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for damaged files)
+    raise _damaged(mngr, step, e) from e
+  check_matches(meta["config"], config, where, prefixes=check, allowed=allowed)
   if partial:
     state_args = ocp.args.PyTreeRestore(item=target, partial_restore=True, restore_args=jax.tree_util.tree_map(
         lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target))
   else:
     state_args = ocp.args.StandardRestore(target)
   args = dict(state=state_args, **(dict(data=ocp.args.JsonRestore()) if data else {}))
-  restored = mngr.restore(step, args=ocp.args.Composite(**args))
+  try:
+    restored = mngr.restore(step, args=ocp.args.Composite(**args))
+  except Exception as e:  # pylint: disable=broad-except
+    raise _damaged(mngr, step, e) from e
   return restored["state"], restored["data"] if data else None
+
+
+def _damaged(mngr: ocp.CheckpointManager, step: int, error: Exception) -> DamagedFileError:
+  others = [s for s in reversed(_step_dirs(pathlib.Path(mngr.directory))) if s != step]
+  first_line = (str(error).strip().splitlines() or [""])[0][:200]
+  hint = (f"the other checkpoints, newest first: {others}; resume from one of them with --restart_from={others[0]} "
+          f"(later ones are moved to abandoned/, not deleted)" if others else "there is no other checkpoint")
+  return DamagedFileError(f"checkpoint {step} in {mngr.directory} cannot be read ({type(error).__name__}: "
+                          f"{first_line}); {hint}")
 
 
 def existing_step(mngr: ocp.CheckpointManager, workdir: pathlib.Path, step: int | None = None) -> int:
   """`step`, or the latest one when None; FileNotFoundError naming the available steps when there is none."""
   chosen = mngr.latest_step() if step is None else step
   if chosen is None or chosen not in mngr.all_steps():
-    raise FileNotFoundError(f"no checkpoint{'' if step is None else f' at step {step}'} in {workdir}/checkpoints "
+    raise MissingFileError(f"no checkpoint{'' if step is None else f' at step {step}'} in {workdir}/checkpoints "
                             f"(available: {list(mngr.all_steps())})")
   return chosen
 
@@ -102,7 +214,7 @@ def restore_trainable(workdir: pathlib.Path, config: ml_collections.ConfigDict, 
   replicated = NamedSharding(mesh, P())
   abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated),
                                     zegot.abstract_trainable(model))
-  mngr = manager(workdir)
+  mngr = manager(workdir, read_only=True)
   step = existing_step(mngr, workdir, step)
   state, _ = restore(mngr, step, dict(params=abstract), config=config, where=str(workdir),
                      check=INFERENCE_CHECKED, partial=True)
@@ -113,9 +225,12 @@ def read_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   """The config a run was trained with (<workdir>/config.json, written by training)."""
   path = pathlib.Path(workdir) / "config.json"
   if not path.is_file():
-    raise FileNotFoundError(f"{path} does not exist: --workdir must be a training run's directory "
-                            f"(or pass --config)")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+    raise MissingFileError(f"{path} does not exist: --workdir must be a training run's directory "
+                           f"(or pass --config)")
+  try:
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise DamagedFileError(f"{path} is damaged ({e}); pass the run's config file with --config instead") from e
 
 
 class TrainedRun(NamedTuple):
@@ -134,7 +249,9 @@ def load_run(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, ste
   `untrained_seed`, freshly initialized trainable params instead (for baselines that train nothing; step 0)."""
   workdir = pathlib.Path(workdir).expanduser()
   mesh = from_config.make_mesh(config)
-  clip = from_config.load_clip(config, workdir)
+  if untrained_seed is None and not workdir.is_dir():
+    raise MissingFileError(f"--workdir {workdir} does not exist")
+  clip = from_config.load_clip(config, workdir, create=untrained_seed is not None)
   model = from_config.build_model(config, clip)
   tokenizer = prompts.load_tokenizer(clip.path)
   if untrained_seed is None:

@@ -17,6 +17,8 @@ from typing import Any
 
 import ml_collections
 
+from zegot_jax.errors import ConfigError, MissingFileError
+
 # Variant keys a config file accepts in its argument, with their defaults: each changes several fields at once.
 VARIANTS = dict(setting="transductive", runlocal=False)
 
@@ -28,17 +30,17 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
     key, sep, value = item.partition("=")
     key = key.strip()
     if not sep or key not in VARIANTS:
-      raise ValueError(f"config argument {item!r}: expected key=value with key in {sorted(VARIANTS)}; set a single "
+      raise ConfigError(f"config argument {item!r}: expected key=value with key in {sorted(VARIANTS)}; set a single "
                        f"field with --config.<section>.{key or 'field'}=..., e.g. --config.model.matching=none")
     default = VARIANTS[key]
     if isinstance(default, bool):
       if value.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"config argument {key}={value!r}: expected True or False")
+        raise ConfigError(f"config argument {key}={value!r}: expected True or False")
       values[key] = value.lower() in ("true", "1")
     else:
       values[key] = type(default)(value)
   if values["setting"] not in ("transductive", "inductive"):
-    raise ValueError(f"config argument setting={values['setting']!r}: expected transductive or inductive")
+    raise ConfigError(f"config argument setting={values['setting']!r}: expected transductive or inductive")
   return ml_collections.ConfigDict(values)
 
 
@@ -99,7 +101,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
     for part in path:
       node = node[part]
     if last not in node:
-      raise KeyError(f"config has no field {key!r}")
+      raise ConfigError(f"config has no field {key!r}")
     node[last] = value
   return config
 
@@ -111,7 +113,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
 
   path, _, arg = spec.partition(":")
   if not pathlib.Path(path).is_file():
-    raise FileNotFoundError(f"config file {path} does not exist")
+    raise MissingFileError(f"config file {path} does not exist")
   module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

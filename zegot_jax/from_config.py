@@ -17,6 +17,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from zegot_jax.data import build as data_build
+from zegot_jax.errors import ConfigError, MissingFileError
 from zegot_jax.data import registry
 from zegot_jax.models import clip_checkpoint, tiny_clip, zegot
 from zegot_jax.models.mpot import SinkhornConfig
@@ -26,7 +27,8 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   fsdp = config.mesh.fsdp
   data = config.mesh.data if config.mesh.data > 0 else jax.device_count() // fsdp
   if data * fsdp != jax.device_count():
-    raise ValueError(f"mesh data={data} × fsdp={fsdp} does not match the {jax.device_count()} devices")
+    raise ConfigError(f"config mesh.data={data} × mesh.fsdp={fsdp} does not match the {jax.device_count()} "
+                      f"devices; set --config.mesh.data=-1 (all devices not used by fsdp)")
   # Auto axes: shardings of inputs and params are given, XLA propagates the rest through the step.
   return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 
@@ -48,10 +50,15 @@ def shard_clip_params(clip_params: Any, mesh: jax.sharding.Mesh, config: ml_coll
       lambda a: clip_sharding(mesh, a, config.mesh.fsdp_min_size), clip_params))
 
 
-def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> str:
-  """clip.path, with the built-in name "random-tiny" (a tiny random CLIP written into the workdir)."""
+def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path, create: bool = True) -> str:
+  """clip.path, with the built-in name "random-tiny" (a tiny random CLIP written into the workdir by training;
+  `create=False` when reading a run, which never writes into it)."""
   if config.clip.path == tiny_clip.RANDOM_TINY:
-    return str(tiny_clip.make_random_clip(workdir / "random_tiny_clip"))
+    directory = pathlib.Path(workdir) / "random_tiny_clip"
+    if not create and not directory.is_dir():
+      raise MissingFileError(f"{directory} does not exist: the run in {workdir} was trained with clip.path="
+                             f"{tiny_clip.RANDOM_TINY!r}, whose weights training writes there")
+    return str(tiny_clip.make_random_clip(directory))
   return config.clip.path
 
 
@@ -63,11 +70,14 @@ def model_config(config: ml_collections.ConfigDict) -> zegot.ZegOTConfig:
     return zegot.ZegOTConfig(**{**fields, "sinkhorn": SinkhornConfig(**fields.get("sinkhorn", {}))})
   except TypeError as e:  # an entry that is not a field of the model's configs
     known = sorted(f.name for f in dataclasses.fields(zegot.ZegOTConfig))
-    raise ValueError(f"config.model: {e}; the model's fields are {known}") from e
+    raise ConfigError(f"config.model: {e}; the model's fields are {known}") from e
+  except ValueError as e:  # a value the model refuses (ZegOTConfig and SinkhornConfig check their fields)
+    raise ConfigError(f"config.model: {e}") from e
 
 
-def load_clip(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> clip_checkpoint.LoadedCLIP:
-  return clip_checkpoint.from_pretrained(resolve_clip_path(config, workdir), image_size=config.clip.image_size,
+def load_clip(config: ml_collections.ConfigDict, workdir: pathlib.Path,
+              create: bool = True) -> clip_checkpoint.LoadedCLIP:
+  return clip_checkpoint.from_pretrained(resolve_clip_path(config, workdir, create), image_size=config.clip.image_size,
                                          dtype=jnp.dtype(config.clip.dtype))
 
 

@@ -7,12 +7,14 @@ sharding, update step, checkpoint restore, loop (logging, evaluation, checkpoint
 
 A run restarted in the same workdir resumes from its latest checkpoint (parameters, optimizer state, teacher,
 data iterator) and continues exactly as if never stopped. SIGTERM (preemption) saves a checkpoint and
-exits cleanly. The workdir holds checkpoints/, metrics.jsonl, tb/ (TensorBoard), config.json and, when the config
+exits cleanly. A non-finite state is never saved: the run stops naming the last (finite) checkpoint, from which
+`restart_from` restarts it, e.g. with a lower learning rate. One trainer at a time holds a workdir (a lock). The workdir holds checkpoints/, metrics.jsonl, tb/ (TensorBoard), config.json and, when the config
 asks for them (`eval.pictures`), the pictures of the last evaluation in pictures/.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import signal
@@ -34,6 +36,7 @@ from tqdm import tqdm
 from zegot_jax import checkpoints, evaluation, from_config, selftrain
 from zegot_jax.data import pipeline
 from zegot_jax.data.classes import IGNORE_INDEX
+from zegot_jax.errors import ConfigError, DamagedFileError, DivergedError
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.losses import segmentation_loss
 
@@ -72,9 +75,39 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> selftrain.Schedule:
-  return selftrain.Schedule(total_steps=config.train.steps, phase1_fraction=config.train.phase1_fraction,
-                            teacher=config.train.teacher, live_fraction=config.train.live_fraction,
-                            transductive=config.setting == "transductive")
+  try:
+    return selftrain.Schedule(total_steps=config.train.steps, phase1_fraction=config.train.phase1_fraction,
+                              teacher=config.train.teacher, live_fraction=config.train.live_fraction,
+                              transductive=config.setting == "transductive")
+  except ValueError as e:
+    raise ConfigError(f"config train: {e}") from e
+
+
+# (field, smallest allowed value): counts and intervals a run cannot do without.
+POSITIVE = (("train.steps", 1), ("train.batch_size", 1), ("train.log_every", 1), ("train.checkpoint_every", 1),
+            ("train.eval_every", 0), ("train.eval_max_examples", 0), ("train.warmup_steps", 0),
+            ("train.num_workers", 0), ("eval.pictures", 0), ("eval.batch_windows", 0))
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Refuses settings that would train nothing or fail later (one ConfigError naming the entry)."""
+  for key, low in POSITIVE:
+    section, field = key.split(".")
+    value = config[section].get(field, low)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+      raise ConfigError(f"config {key}={value!r}: expected an integer >= {low}")
+  if not config.train.lr > 0:
+    raise ConfigError(f"config train.lr={config.train.lr!r}: expected a positive learning rate")
+  if config.setting not in ("transductive", "inductive"):
+    raise ConfigError(f"config setting={config.setting!r}: expected transductive or inductive")
+  from_config.model_config(config)  # the model's own checks, before anything is loaded
+  make_schedule(config)
+
+
+def all_finite(tree: Any) -> jax.Array:
+  """() bool: every floating-point leaf of `tree` is finite."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
 def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
@@ -140,10 +173,25 @@ class MetricsWriter:
     if not enabled:
       return
     if self.path.exists():  # lines past the restored checkpoint are re-computed identically: drop them
-      keep = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= resume_step]
+      keep = [line for line in self._rows() if json.loads(line)["step"] <= resume_step]
       self.path.write_text("".join(line + "\n" for line in keep))
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self.tb = SummaryWriter(str(workdir / "tb"))
+
+  def _rows(self) -> list[str]:
+    """The file's rows; a last row cut short by a crash is dropped (it is re-computed), a damaged earlier one is
+    an error."""
+    lines = self.path.read_text().splitlines()
+    rows = []
+    for i, line in enumerate(lines):
+      try:
+        json.loads(line)
+        rows.append(line)
+      except json.JSONDecodeError as e:
+        if i < len(lines) - 1:
+          raise DamagedFileError(f"{self.path} line {i + 1} is not JSON ({e}); fix or delete that line, then rerun "
+                                 f"to resume") from e
+    return rows
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not self.enabled:
@@ -165,10 +213,29 @@ class MetricsWriter:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib.Path,
-                       on_step: Callable[[int], None] | None = None) -> dict:
-  """Runs (or resumes) training in `workdir`; returns the last logged metrics and the last evaluation."""
+                       on_step: Callable[[int], None] | None = None, restart_from: int | None = None) -> dict:
+  """Runs (or resumes) training in `workdir`; returns the last logged metrics and the last evaluation.
+
+  `restart_from`: restart from this earlier checkpoint (its later ones are moved to <workdir>/abandoned/), with
+  RESTART_CHANGES (e.g. the learning rate) allowed to differ from the checkpoint's config."""
+  validate(config)
   workdir = pathlib.Path(workdir).expanduser()
   workdir.mkdir(parents=True, exist_ok=True)
+  is_main = jax.process_index() == 0
+  with checkpoints.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
+    return _train_and_evaluate(config, workdir, on_step, restart_from)
+
+
+def _diverged(step: int, phase: str, what: str, last: int | None) -> DivergedError:
+  if last is None:
+    return DivergedError(f"{what} at step {step} (phase {phase}): not saved, and no checkpoint was saved before; "
+                         f"lower train.lr (--config.train.lr=...) or check the data, and start again")
+  return DivergedError(f"{what} at step {step} (phase {phase}): not saved. The last checkpoint, {last}, is finite "
+                       f"(a non-finite state is never saved); restart from it with a lower learning rate: "
+                       f"--restart_from={last} --config.train.lr=...")
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: int | None) -> dict:
   t = config.train
   is_main = jax.process_index() == 0
 
@@ -177,7 +244,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
   if t.batch_size % jax.device_count() or t.batch_size % jax.process_count():
-    raise ValueError(f"train.batch_size={t.batch_size} must divide over {jax.device_count()} devices and "
+    raise ConfigError(f"config train.batch_size={t.batch_size} must divide over {jax.device_count()} devices and "
                      f"{jax.process_count()} processes")
 
   # Input pipeline: this process's shard of the dataset, batch_size / process_count examples per step.
@@ -212,7 +279,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
                     in_shardings=(state_sharding, clip_shardings, replicated, batch_sharding, batch_sharding),
                     out_shardings=(state_sharding, replicated))  # fixed layouts: compiled once
 
-  # Checkpoint restore: the latest one in the workdir, if any, after checking it matches the config.
+  # Checkpoint restore: the latest one in the workdir, if any, after checking it matches the config; or, asked
+  # explicitly, an earlier one (the later ones are moved aside first).
+  if restart_from is not None:
+    if is_main:
+      checkpoints.abandon_after(workdir, restart_from)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("zegot_restart_from")
   mngr = checkpoints.manager(workdir)
   start = mngr.latest_step()
   iterator = iter(data)
@@ -222,13 +295,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   else:
     target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                     state_to_dict(abstract), state_to_dict(state_sharding))
-    restored, data_state = checkpoints.restore(mngr, start, target, config=config, where=str(workdir), data=True)
+    restored, data_state = checkpoints.restore(
+        mngr, start, target, config=config, where=str(workdir), data=True,
+        allowed=checkpoints.RESTART_CHANGES if restart_from is not None else ())
     state = TrainState(**restored)
     iterator.set_state(data_state)
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
+  finite = jax.jit(all_finite)
+
   def save(step: int) -> None:
+    if not bool(finite(state_to_dict(state))):  # one host sync per save
+      raise _diverged(step, schedule.phase(step - 1), "the train state is not finite", mngr.latest_step())
     meta = dict(config=checkpoints.checked_config(config), classes=[spec.classes[i] for i in classes],
                 clip_path=str(clip.path))
     checkpoints.save(mngr, step, state_to_dict(state), iterator.get_state(), meta)
@@ -264,9 +343,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
         for offset, m in enumerate(fetched):
           s = done - len(fetched) + offset + 1
           if not np.isfinite(m["loss"]):
-            raise FloatingPointError(
-                f"non-finite loss {m['loss']} at step {s} (phase {schedule.phase(s - 1)}); stopping. The last "
-                f"checkpoint ({mngr.latest_step()}) is intact; lower train.lr or check the data.")
+            raise _diverged(s, schedule.phase(s - 1), f"the loss is {m['loss']}", mngr.latest_step())
         last_metrics = {**fetched[-1], "phase": schedule.phase(step),
                         "images_per_s": timed_steps * t.batch_size / elapsed,
                         "seconds_per_step": elapsed / timed_steps}

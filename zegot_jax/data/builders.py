@@ -24,14 +24,15 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from zegot_jax.data import classes as classes_lib
+from zegot_jax.errors import UserError
 from zegot_jax.data.classes import IGNORE_INDEX, DatasetSpec
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(UserError, FileNotFoundError):
   """The manual directory does not hold what the builder expects; the message shows the expected layout."""
 
 
-class DatasetContentError(ValueError):
+class DatasetContentError(UserError, ValueError):
   """A file in the manual directory is corrupt or holds values the dataset does not allow."""
 
 

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 from zegot_jax.data.builders import BUILDERS, SegmentationBuilder
 from zegot_jax.data.classes import DatasetSpec
 from zegot_jax.data.textures_builder import TexturesZs3
+from zegot_jax.errors import ConfigError, MissingFileError
 
 SYNTHETIC: dict[str, type[SegmentationBuilder]] = {TexturesZs3.name: TexturesZs3}  # render themselves: no download
 ALL_BUILDERS: dict[str, type[SegmentationBuilder]] = {**BUILDERS, **SYNTHETIC}
@@ -28,7 +29,11 @@ def is_synthetic(name: str) -> bool:
 def _parse(name: str) -> tuple[str, str | None]:
   base, _, config = name.partition("/")
   if base not in ALL_BUILDERS:
-    raise ValueError(f"unknown dataset {base!r}; known datasets: {sorted(ALL_BUILDERS)}")
+    raise ConfigError(f"unknown dataset {base!r}; known datasets: {sorted(ALL_BUILDERS)}")
+  configs = [c.name for c in ALL_BUILDERS[base].BUILDER_CONFIGS]
+  if config and config not in configs:
+    choices = f"its configs are {configs}" if configs else f"it has no configs: write {base!r} alone"
+    raise ConfigError(f"dataset {base!r} has no config {config!r}; {choices}")
   return base, config or None
 
 
@@ -43,7 +48,7 @@ def load(name: str, data_dir: str | pathlib.Path) -> Dataset:
   """Opens a built dataset; a dataset that was not built gives the command that builds it."""
   builder = make_builder(name, data_dir)
   if not builder.is_prepared():
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"dataset {name!r} is not built in {data_dir} (looked for {builder.data_dir}). Build it with\n"
         f"    python -m zegot_jax.data.build {name} --data_dir {data_dir}"
         + ("" if is_synthetic(name) else " --manual_dir <where you downloaded it>"))

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zegot_jax.errors import UserError
 from zegot_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
 from zegot_jax.models.pos_embed import Method, resize_position_embedding
 
@@ -37,7 +38,7 @@ _IGNORED_KEYS = re.compile(r"(text_model|vision_model)\.embeddings\.position_ids
 POS_EMBED_PATH = ("vision_model", "embeddings", "position_embedding", "embedding")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
   """A checkpoint that cannot be used: missing, malformed, or not matching its config."""
 
 
