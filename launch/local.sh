@@ -11,12 +11,12 @@ python=${PYTHON:-python3}
 gpus=$(command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L | wc -l || echo 0)
 pids=()
 for ((i = 0; i < n; i++)); do
-  env_vars="JAX_COORDINATOR_ADDRESS=localhost:$port JAX_NUM_PROCESSES=$n JAX_PROCESS_ID=$i"
-  if [ "$gpus" -ge "$n" ]; then env_vars="$env_vars CUDA_VISIBLE_DEVICES=$i"; fi
-  cmd="env $env_vars $python -m zegot_jax.train $*"
-  echo "[process $i] $cmd"
+  cmd=(env "JAX_COORDINATOR_ADDRESS=localhost:$port" "JAX_NUM_PROCESSES=$n" "JAX_PROCESS_ID=$i")
+  if [ "$gpus" -ge "$n" ]; then cmd+=("CUDA_VISIBLE_DEVICES=$i"); fi
+  cmd+=("$python" -m zegot_jax.train "$@")  # every argument passed on as it was given, spaces included
+  echo "[process $i] $(printf '%q ' "${cmd[@]}")"
   if [ "${DRY_RUN:-0}" != 1 ]; then
-    $cmd > >(sed "s/^/[process $i] /") 2>&1 &
+    "${cmd[@]}" > >(sed "s/^/[process $i] /") 2>&1 &
     pids+=($!)
   fi
 done

@@ -9,9 +9,10 @@
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
 repo=${REPO_URL:-$(git config --get remote.origin.url || echo "<your repository URL>")}
-remote="set -e; if [ ! -d zegot_jax_repo ]; then git clone $repo zegot_jax_repo; fi; cd zegot_jax_repo; \
-pip install -q -e . 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html; \
-python3 -m zegot_jax.train $*"
+args=$(printf '%q ' "$@")  # each argument quoted for the remote shell: spaces and quotes survive
+remote="set -e; if [ ! -d zegot_jax_repo ]; then git clone $(printf '%q' "$repo") zegot_jax_repo; fi; \
+cd zegot_jax_repo; pip install -q -e . 'jax[tpu]' -f https://storage.googleapis.com/jax-releases/libtpu_releases.html; \
+python3 -m zegot_jax.train $args"
 cmd=(gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone "$ZONE" --worker=all --command "$remote")
 printf '%q ' "${cmd[@]}"; echo
 if [ "${DRY_RUN:-0}" != 1 ]; then "${cmd[@]}"; fi

@@ -215,7 +215,7 @@ def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
   evaluated = subprocess.run([PYTHON, "-m", "zegot_jax.evaluate", *args, "--max_examples=4"], cwd=ROOT,
                              capture_output=True, text=True, timeout=600)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  result = json.loads((tmp_path / "eval_textures_zs3_6.json").read_text())
+  result = json.loads((tmp_path / "eval_textures_zs3_validation_transductive_6_bias0_first4.json").read_text())
   logged = [r for r in _metrics(tmp_path) if "eval/hIoU" in r][-1]
   # The CLI restored from orbax what training evaluated in memory: the same images give the same numbers.
   for key in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU"):

@@ -27,7 +27,7 @@ class UserError(Exception):
 
 
 class ConfigError(UserError, ValueError):
-  """A config entry, variant or override that cannot be used."""
+  """A config entry, variant, override or flag value that cannot be used."""
 
 
 class DivergedError(UserError, FloatingPointError):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from zegot_jax import checkpoints, from_config, metrics, pictures
 from zegot_jax.data import pipeline, registry
+from zegot_jax.errors import ConfigError
 from zegot_jax.models import zegot
 from zegot_jax.segmenter import Segmenter
 
@@ -30,7 +31,7 @@ def evaluation_split(config: ml_collections.ConfigDict, dataset) -> Any:
   """The split that evaluation reads: `config.eval.split` ("validation" unless the config says otherwise)."""
   name = config.eval.get("split", "validation")
   if name not in dataset.splits:
-    raise ValueError(f"config eval.split={name!r}: dataset {dataset.spec.name} has the splits "
+    raise ConfigError(f"config eval.split={name!r}: dataset {dataset.spec.name} has the splits "
                      f"{sorted(dataset.splits)}; set --config.eval.split to one of them")
   return dataset.splits[name]
 
@@ -97,11 +98,16 @@ def evaluate_dataset(config: ml_collections.ConfigDict, model: zegot.ZegOT, para
 
 
 def evaluate_run(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, step: int | None = None, *,
-                 dataset_name: str | None = None, max_examples: int = 0) -> dict:
-  """The evaluation of a trained run's checkpoint (latest or `step`), with its pictures in <workdir>/pictures when
-  the config asks for them; the result carries the checkpoint's step."""
+                 dataset_name: str | None = None, max_examples: int = 0,
+                 pictures_dir: pathlib.Path | None = None) -> dict:
+  """The evaluation of a trained run's checkpoint (latest or `step`), with its pictures in `pictures_dir`
+  (default <workdir>/pictures) when the config asks for them. The result records the checkpoint's step and every
+  setting that changes the numbers."""
   workdir = pathlib.Path(workdir).expanduser()
   run = checkpoints.load_run(workdir, config, step)
   evaluator = Evaluator(config, run.model, run.tokenizer, mesh=run.mesh, dataset_name=dataset_name,
-                        max_examples=max_examples, pictures_dir=workdir / "pictures")
-  return dict(step=run.step, **evaluator(run.params, run.step))
+                        max_examples=max_examples, pictures_dir=pictures_dir or workdir / "pictures")
+  settings = dict(setting=config.setting, seen_bias=config.eval.seen_bias, max_examples=max_examples,
+                  crop_size=evaluator.spec.crop_size, stride=evaluator.spec.eval_stride,
+                  eval_short_side=evaluator.spec.eval_short_side)
+  return dict(step=run.step, settings=settings, **evaluator(run.params, run.step))

@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from zegot_jax import metrics
+from zegot_jax.errors import ConfigError
 from zegot_jax.segmenter import Segmenter
 
 PANEL = 128  # pixels per panel side
@@ -136,7 +137,7 @@ class Pictures:
     holds_unseen = (i for i in range(len(examples)) if np.isin(examples[i]["label"], spec.unseen).any())
     self.chosen = list(itertools.islice(holds_unseen, num_images))
     if not self.chosen:
-      raise ValueError(f"eval.pictures={num_images}: no {split} image of {spec.name} holds an unseen class; "
+      raise ConfigError(f"config eval.pictures={num_images}: no {split} image of {spec.name} holds an unseen class; "
                        f"set --config.eval.pictures=0")
 
   def row(self, index: int) -> Image.Image:

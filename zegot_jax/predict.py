@@ -3,7 +3,8 @@ r"""Segments any image with any list of class names, using a trained run.
   python -m zegot_jax.predict --workdir runs/demo --image photo.png --classes "star,ring,cat"
   python -m zegot_jax.predict --workdir runs/voc --image street.jpg --classes "car,person,tree" --threshold 0.3
 
-Writes, in --out (default: <workdir>/predictions/<image name>/):
+Writes, in --out (default: <workdir>/predictions/<image name>-<8 hex digits of its full path>/, so that two
+images of the same name never share a directory; a rerun replaces what an earlier run wrote there):
   overlay.png        the image with every class coloured, and a legend with the class names
   labels.png         the class index of every pixel (255 where no class passed --threshold)
   mask_<class>.png   one black/white mask per class
@@ -11,12 +12,13 @@ Writes, in --out (default: <workdir>/predictions/<image name>/):
 
 The run's config is read from <workdir>/config.json (written by training) unless --config is given. The image is
 resized so its short side is the run's input size, segmented with sliding windows, and the per-class sigmoid
-scores are resized back to the original image.
+scores are resized back to the original image. 16-bit and float images are scaled to 8 bits (`data/images.py`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import pathlib
 import re
@@ -24,12 +26,13 @@ import re
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from PIL import Image, ImageDraw, ImageFont
 
-from zegot_jax import checkpoints, config_lib, metrics
+from zegot_jax import checkpoints, config_lib, errors, metrics
+from zegot_jax.data import augment, images, registry
+from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError
 from zegot_jax.pictures import palette
-from zegot_jax.data import augment, registry
 from zegot_jax.models import prompts
 from zegot_jax.segmenter import Segmenter
 
@@ -39,12 +42,24 @@ UNASSIGNED = 255
 def read_image(path: str | pathlib.Path) -> np.ndarray:
   path = pathlib.Path(path)
   if not path.is_file():
-    raise FileNotFoundError(f"image {path} does not exist")
+    raise MissingFileError(f"image {path} does not exist")
   try:
     with Image.open(path) as image:
-      return np.asarray(image.convert("RGB"))
+      image.load()
+      return images.to_rgb8(image, str(path))
+  except images.ImageModeError:
+    raise
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for corrupt files)
-    raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+    raise DamagedFileError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def output_dir(workdir: pathlib.Path, image_path: str | pathlib.Path) -> pathlib.Path:
+  """<workdir>/predictions/<stem>-<hash of the image's full path>: one directory per image file."""
+  path = pathlib.Path(image_path).expanduser().resolve()
+  return workdir / "predictions" / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
+
+
+OUTPUTS = ("overlay.png", "labels.png", "summary.json", "mask_*.png")  # what predict writes: replaced on a rerun
 
 
 def render_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.55) -> Image.Image:
@@ -84,8 +99,13 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
             out: str | pathlib.Path | None = None) -> dict:
   """Segments one image; writes the files listed in the module docstring and returns the summary."""
   workdir = pathlib.Path(workdir).expanduser()
+  if not 0.0 <= threshold <= 1.0:
+    raise ConfigError(f"--threshold={threshold}: expected a probability in [0, 1] (0 assigns every pixel)")
   config = config or checkpoints.read_run_config(workdir)
-  names = prompts.check_class_names(class_names)
+  try:
+    names = prompts.check_class_names(class_names or [])
+  except ValueError as e:
+    raise ConfigError(f"--classes: {e}; give comma-separated names, e.g. --classes 'cat,grass,sky'") from e
   image = read_image(image_path)
 
   run = checkpoints.load_run(workdir, config, step)
@@ -94,8 +114,11 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
   labels = np.asarray(metrics.predict_labels(logits)).astype(np.uint8)
   labels[scores.max(axis=-1) < threshold] = UNASSIGNED
 
-  out = pathlib.Path(out) if out else workdir / "predictions" / pathlib.Path(image_path).stem
+  out = pathlib.Path(out) if out else output_dir(workdir, image_path)
   out.mkdir(parents=True, exist_ok=True)
+  for pattern in OUTPUTS:  # an earlier run's files (e.g. masks of another class list) do not stay beside these
+    for stale in out.glob(pattern):
+      stale.unlink()
   render_overlay(image, labels, names).save(out / "overlay.png")
   Image.fromarray(labels).save(out / "labels.png")
   for k, name in enumerate(names):
@@ -116,7 +139,7 @@ def _define_flags() -> dict:
       classes=flags.DEFINE_list("classes", None, "comma-separated class names, e.g. 'star,ring,cat'"),
       threshold=flags.DEFINE_float("threshold", 0.0, "pixels whose best class probability is below stay unassigned"),
       step=flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)"),
-      out=flags.DEFINE_string("out", None, "output directory (default: <workdir>/predictions/<image name>)"),
+      out=flags.DEFINE_string("out", None, "output directory (default: <workdir>/predictions/<image name>-<hash>)"),
       config=flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)"),
   )
 
@@ -137,4 +160,4 @@ def main(argv, f: dict):
 if __name__ == "__main__":
   _flags = _define_flags()
   flags.mark_flags_as_required(["workdir", "image", "classes"])
-  app.run(functools.partial(main, f=_flags))
+  errors.run(functools.partial(main, f=_flags))

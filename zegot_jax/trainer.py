@@ -18,6 +18,7 @@ import contextlib
 import json
 import pathlib
 import signal
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from zegot_jax import checkpoints, evaluation, from_config, selftrain
-from zegot_jax.data import pipeline
+from zegot_jax.data import pipeline, registry
 from zegot_jax.data.classes import IGNORE_INDEX
 from zegot_jax.errors import ConfigError, DamagedFileError, DivergedError
 from zegot_jax.models import prompts, zegot
@@ -250,6 +251,10 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   # Input pipeline: this process's shard of the dataset, batch_size / process_count examples per step.
   dataset = from_config.open_dataset(config)
   spec = dataset.spec
+  partial = registry.built_spec(dataset).get("partial")
+  if partial and is_main:
+    print(f"warning: {spec.name} is a partial build ({', '.join(f'{k}: {v}' for k, v in partial.items())} "
+          f"examples): its numbers are not comparable with the full dataset's", file=sys.stderr)
   classes, label_lut = training_classes(spec, config.setting)
   unseen = [classes.index(i) for i in spec.unseen] if config.setting == "transductive" else []
   data = pipeline.train_dataset(dataset.splits["train"], spec, batch_size=t.batch_size // jax.process_count(),

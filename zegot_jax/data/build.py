@@ -5,52 +5,71 @@ r"""Builds a dataset once, from what the user downloaded, checking it as it goes
   python -m zegot_jax.data.build coco_stuff171_zs3 --manual_dir ~/data/coco_stuff164k --data_dir ...
   python -m zegot_jax.data.build textures_zs3 --data_dir ...      # synthetic, no download
 
-Run with a dataset name only and no --manual_dir to see the layout it expects.
+Run with a dataset name only and no --manual_dir to see the layout it expects. A dataset that is already built is
+not built again (the command says so, and whether that build is partial); --overwrite rebuilds it. A build with
+--allow_partial records its split sizes in the dataset's metadata, and training says so.
 """
 
 from __future__ import annotations
 
 import pathlib
-import sys
+import shutil
 import time
 
 import tensorflow_datasets as tfds
-from absl import app, flags
+from absl import flags
 
+from zegot_jax import errors
 from zegot_jax.data import registry
-from zegot_jax.data.builders import DatasetContentError, DatasetLayoutError
-
-_DATA_DIR = flags.DEFINE_string("data_dir", str(pathlib.Path.home() / "tensorflow_datasets"),
-                                "where the built dataset is written")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", None, "where the downloaded files are (not for the synthetic textures_zs3)")
-_ALLOW_PARTIAL = flags.DEFINE_bool("allow_partial", False, "accept split sizes other than the official ones")
+from zegot_jax.data.builders import DatasetLayoutError
 
 
-def build(name: str, data_dir: str, manual_dir: str | None = None, allow_partial: bool = False) -> registry.Dataset:
+def build(name: str, data_dir: str | pathlib.Path, manual_dir: str | None = None, allow_partial: bool = False,
+          overwrite: bool = False) -> registry.Dataset:
+  """Builds `name` (a built one is kept unless `overwrite`) and opens it."""
   builder = registry.make_builder(name, data_dir, verify_counts=not allow_partial)
   if manual_dir is None and not registry.is_synthetic(name):
     raise DatasetLayoutError(f"{name} is built from files you download; pass --manual_dir.\n"
                              f"Expected layout of --manual_dir:\n{builder.LAYOUT}")
   if manual_dir is not None and (not pathlib.Path(manual_dir).is_dir() or not any(pathlib.Path(manual_dir).iterdir())):
     raise builder.layout_error(f"manual directory {manual_dir} does not exist or is empty")
+  if overwrite and builder.is_prepared():
+    shutil.rmtree(builder.data_dir)
+    builder = registry.make_builder(name, data_dir, verify_counts=not allow_partial)
   config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
   builder.download_and_prepare(download_config=config)  # tfds shows a progress bar per split
   return registry.load(name, data_dir)
 
 
-def main(argv):
-  if len(argv) != 2:
-    raise app.UsageError(f"usage: python -m zegot_jax.data.build NAME [flags]; NAME in {sorted(registry.ALL_BUILDERS)}")
-  start = time.perf_counter()
-  try:
-    dataset = build(argv[1], _DATA_DIR.value, _MANUAL_DIR.value, _ALLOW_PARTIAL.value)
-  except (DatasetLayoutError, DatasetContentError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+def describe(name: str, dataset: registry.Dataset) -> str:
   sizes = ", ".join(f"{k}: {len(v)}" for k, v in dataset.splits.items())
-  print(f"built {argv[1]} in {time.perf_counter() - start:.1f} s at {dataset.builder.data_dir} ({sizes}); "
-        f"{len(dataset.spec.classes)} classes, unseen: {', '.join(dataset.spec.unseen_names)}")
+  partial = registry.built_spec(dataset).get("partial")
+  note = f"; PARTIAL build ({', '.join(f'{k} {v}' for k, v in partial.items())})" if partial else ""
+  return (f"{name} at {dataset.builder.data_dir} ({sizes}){note}; {len(dataset.spec.classes)} classes, unseen: "
+          f"{', '.join(dataset.spec.unseen_names)}")
+
+
+def main(argv, f: dict):
+  if len(argv) != 2:
+    raise errors.UserError(f"give one dataset name: python -m zegot_jax.data.build NAME [flags], NAME in "
+                           f"{sorted(registry.ALL_BUILDERS)}")
+  name = argv[1]
+  if registry.make_builder(name, f["data_dir"].value).is_prepared() and not f["overwrite"].value:
+    print(f"already built, not rebuilt: {describe(name, registry.load(name, f['data_dir'].value))}. Pass "
+          f"--overwrite to build it again.")
+    return
+  start = time.perf_counter()
+  dataset = build(name, f["data_dir"].value, f["manual_dir"].value, f["allow_partial"].value, f["overwrite"].value)
+  print(f"built {describe(name, dataset)} in {time.perf_counter() - start:.1f} s")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  import functools  # pylint: disable=g-import-not-at-top
+
+  _flags = dict(
+      data_dir=flags.DEFINE_string("data_dir", str(pathlib.Path.home() / "tensorflow_datasets"),
+                                   "where the built dataset is written"),
+      manual_dir=flags.DEFINE_string("manual_dir", None, "where the downloaded files are (not for textures_zs3)"),
+      allow_partial=flags.DEFINE_bool("allow_partial", False, "accept split sizes other than the official ones"),
+      overwrite=flags.DEFINE_bool("overwrite", False, "rebuild a dataset that is already built"))
+  errors.run(functools.partial(main, f=_flags), positional=1)

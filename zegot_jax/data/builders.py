@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from zegot_jax.data import classes as classes_lib
+from zegot_jax.data import images
 from zegot_jax.errors import UserError
 from zegot_jax.data.classes import IGNORE_INDEX, DatasetSpec
 
@@ -51,7 +52,9 @@ def read_image_bytes(path: pathlib.Path) -> tuple[bytes, tuple[int, int]]:
       image.load()
       if image.mode == "RGB":
         return data, (image.height, image.width)
-      rgb = np.asarray(image.convert("RGB"))
+      rgb = images.to_rgb8(image, str(path))  # 16-bit and float images scaled, not clipped to white
+  except images.ImageModeError as e:
+    raise DatasetContentError(str(e)) from e
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for corrupt files)
     raise DatasetContentError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
   return encode_png(rgb), rgb.shape[:2]
@@ -169,7 +172,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder):
     if not manual_dir.is_dir():
       raise self.layout_error(f"manual directory {manual_dir} does not exist")
     root = self._root(manual_dir)
-    generators = {}
+    generators, partial = {}, {}
     for split, official in self.spec.split_sizes.items():
       pairs = self._pairs(root, split)
       if self._verify_counts and len(pairs) != official:
@@ -178,7 +181,10 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder):
             f"{official}. Check the download, or build a partial copy with --allow_partial.")
       if not pairs:
         raise self.layout_error(f"split {split!r} has no examples in {root}")
+      if len(pairs) != official:
+        partial[split] = f"{len(pairs)} of {official}"
       generators[split] = self._generate_examples(pairs)
+    self.info.metadata["partial"] = partial  # stored in metadata.json: training says when a dataset is partial
     return generators
 
   def _generate_examples(self, pairs: list[tuple[str, Pair]]) -> Iterator[tuple[str, dict]]:

@@ -50,7 +50,8 @@ class DatasetSpec:
     return dict(classes=list(self.classes), unseen=list(self.unseen), seen=list(self.seen),
                 ignore_index=IGNORE_INDEX, unlabelled_index=UNLABELLED, crop_size=self.crop_size,
                 train_scale=list(self.train_scale), train_ratio_range=list(self.train_ratio_range),
-                eval_stride=self.eval_stride, eval_short_side=self.eval_short_side)
+                eval_stride=self.eval_stride, eval_short_side=self.eval_short_side,
+                partial={})  # split → "<built> of <official>" for a build with --allow_partial
 
 
 VOC12 = DatasetSpec(

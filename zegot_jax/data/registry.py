@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from zegot_jax.data.builders import BUILDERS, SegmentationBuilder
 from zegot_jax.data.classes import DatasetSpec
 from zegot_jax.data.textures_builder import TexturesZs3
-from zegot_jax.errors import ConfigError, MissingFileError
+from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError
 
 SYNTHETIC: dict[str, type[SegmentationBuilder]] = {TexturesZs3.name: TexturesZs3}  # render themselves: no download
 ALL_BUILDERS: dict[str, type[SegmentationBuilder]] = {**BUILDERS, **SYNTHETIC}
@@ -48,12 +48,50 @@ def load(name: str, data_dir: str | pathlib.Path) -> Dataset:
   """Opens a built dataset; a dataset that was not built gives the command that builds it."""
   builder = make_builder(name, data_dir)
   if not builder.is_prepared():
-    raise MissingFileError(
-        f"dataset {name!r} is not built in {data_dir} (looked for {builder.data_dir}). Build it with\n"
-        f"    python -m zegot_jax.data.build {name} --data_dir {data_dir}"
-        + ("" if is_synthetic(name) else " --manual_dir <where you downloaded it>"))
-  splits = builder.as_data_source()
-  return Dataset(builder.spec, dict(splits), builder)
+    raise MissingFileError(f"dataset {name!r} is not built in {data_dir} (looked for {builder.data_dir}); build it "
+                           f"with {_build_command(name, data_dir)}")
+  try:
+    splits = {k: CheckedSource(v, name, k, data_dir) for k, v in builder.as_data_source().items()}
+    for source in splits.values():  # a truncated file fails here, at its first or last record
+      _ = source[0], source[len(source) - 1]
+  except DamagedFileError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (array_record raises RuntimeError, ValueError, ...)
+    raise DamagedFileError(f"dataset {name!r} in {builder.data_dir} cannot be read ({type(e).__name__}: {e}); "
+                           f"rebuild it: {_build_command(name, data_dir, overwrite=True)}") from e
+  return Dataset(builder.spec, splits, builder)
+
+
+def _build_command(name: str, data_dir, overwrite: bool = False) -> str:
+  return (f"python -m zegot_jax.data.build {name} --data_dir {data_dir}"
+          + ("" if is_synthetic(name) else " --manual_dir <where you downloaded it>")
+          + (" --overwrite" if overwrite else ""))
+
+
+class CheckedSource:
+  """A split's random-access source whose read errors name the dataset, split and record, and the fix."""
+
+  def __init__(self, source: Any, name: str, split: str, data_dir):
+    self.source, self.name, self.split, self.data_dir = source, name, split, data_dir
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __iter__(self):
+    return (self[i] for i in range(len(self)))
+
+  def __getitem__(self, index: int) -> Any:
+    if not -len(self) <= index < len(self):
+      raise IndexError(f"record {index} of {self.name}/{self.split} ({len(self)} records)")
+    try:
+      return self.source[index]
+    except Exception as e:  # pylint: disable=broad-except
+      raise DamagedFileError(f"dataset {self.name!r}, split {self.split!r}, record {index} cannot be read "
+                             f"({type(e).__name__}: {e}); the file is damaged: rebuild it with "
+                             f"{_build_command(self.name, self.data_dir, overwrite=True)}") from e
+
+  def __repr__(self) -> str:
+    return f"CheckedSource({self.name}/{self.split}, {len(self)} records)"
 
 
 def built_spec(dataset: Dataset) -> dict:

@@ -35,9 +35,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
+from zegot_jax import errors
 from zegot_jax.data import textures
 from zegot_jax.demo import mini_clip, probe
 from zegot_jax.models import clip_checkpoint, prompts
@@ -213,7 +214,7 @@ def pretrain(out: str | os.PathLike, **settings) -> pathlib.Path:
   `out`, atomically: a crash leaves no half-written directory."""
   out = pathlib.Path(out)
   if out.exists():
-    raise FileExistsError(f"--out {out} exists; give a new directory")
+    raise errors.UserError(f"--out {out} exists; give a new directory")
   params, config, tokenizer, report = train(**settings)
   knowledge = probe.knowledge(CLIP(config), params, tokenizer)
   out.parent.mkdir(parents=True, exist_ok=True)
@@ -255,7 +256,7 @@ def _define_flags() -> dict:
 def main(argv, f: dict):
   del argv
   if not f["out"].value:
-    raise app.UsageError("--out DIR is required")
+    raise errors.UserError("--out DIR is required: where the pretrained mini-CLIP is written")
   settings = {k: flag.value for k, flag in f.items() if k != "out"}
   out = pretrain(f["out"].value, **settings)
   report = json.loads((out / "pretraining.json").read_text())
@@ -266,4 +267,4 @@ def main(argv, f: dict):
 
 if __name__ == "__main__":
   _flags = _define_flags()
-  app.run(functools.partial(main, f=_flags))
+  errors.run(functools.partial(main, f=_flags))

@@ -9,9 +9,10 @@ from __future__ import annotations
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
+from zegot_jax import errors
 from zegot_jax.data import build, pipeline
 
 _NAME = flags.DEFINE_string("name", "textures_zs3", "dataset (with config) to build")
@@ -44,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)

@@ -17,9 +17,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from tqdm import tqdm
 
+from zegot_jax import errors
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.clip import CLIP, vit_b16_config
 from zegot_jax.models.mpot import mpot_refine
@@ -90,4 +91,4 @@ def main(argv):
         f"mean {iterations.mean():.1f}, max {iterations.max()} (limit {zegot.ZegOTConfig().sinkhorn.max_iterations})")
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run(main)
