@@ -32,9 +32,11 @@ from zegot_jax import from_config
 from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError, UserError
 from zegot_jax.models import prompts, zegot
 
-# Config entries that may change between a run and its resumption without changing what it computes.
+# Config entries that may change between a run and its resumption without changing what it computes (each is
+# tested to resume bit for bit). Not train.num_workers: grain's iterator state differs with and without worker
+# processes, so a run resumes with the worker count it was saved with.
 RESUMABLE_CHANGES = ("data_dir", "train.log_every", "train.checkpoint_every", "train.eval_every",
-                     "train.eval_max_examples", "train.num_workers", "eval.batch_windows", "eval.pictures")
+                     "train.eval_max_examples", "eval.batch_windows", "eval.pictures")
 # Entries that may also change when a run is restarted from an earlier checkpoint on purpose (--restart_from), e.g.
 # with a lower learning rate after the run diverged.
 RESTART_CHANGES = ("train.lr", "train.warmup_steps")

@@ -1,0 +1,214 @@
+"""Faults a real cluster produces, in training: a diverging run, two trainers in one workdir, a damaged
+checkpoint, a full disk, a metrics file cut by a crash, changed resumable entries, SIGKILL at random points.
+Nothing saved is ever lost or non-finite, and every resume continues exactly."""
+
+import errno
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from tests.test_train import _checkpoint, _metrics, _runlocal
+from zegot_jax import checkpoints, errors, trainer
+from zegot_jax.data import build
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+  """The reference: 6 steps without a stop, checkpoints every 3 steps."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  trainer.train_and_evaluate(_runlocal(data_dir, steps=6, checkpoint_every=3), workdir)
+  return workdir
+
+
+def _assert_same_state(workdir_a, workdir_b, step=6):
+  a, b = _checkpoint(workdir_a, step), _checkpoint(workdir_b, step)
+  leaves_a, leaves_b = jax.tree_util.tree_leaves_with_path(a), jax.tree_util.tree_leaves_with_path(b)
+  assert [k for k, _ in leaves_a] == [k for k, _ in leaves_b] and len(leaves_a) > 10
+  for (path, x), (_, y) in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
+
+
+def _stop_at(step):
+  def on_step(done):
+    if done == step:
+      os.kill(os.getpid(), signal.SIGTERM)
+  return on_step
+
+
+def _finite(workdir, step):
+  return all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(_checkpoint(workdir, step))
+             if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+def test_a_diverging_run_never_saves_a_non_finite_state_and_restarts_with_a_lower_lr(data_dir, uninterrupted,
+                                                                                      tmp_path):
+  config = _runlocal(data_dir, steps=6, checkpoint_every=3)
+  trainer.train_and_evaluate(config, tmp_path, on_step=_stop_at(3))
+  # A learning rate so large that the state overflows within two steps; logged too rarely to see the loss first,
+  # and checkpointed at every step: the first non-finite state reaches a save, not a log.
+  diverging = _runlocal(data_dir, steps=6, checkpoint_every=1, log_every=100)
+  diverging.train.lr = 1e38
+  with pytest.raises(errors.ConfigError, match=r"train\.lr.*--restart_from"):  # no silent change of the lr
+    trainer.train_and_evaluate(diverging, tmp_path)
+  with pytest.raises(errors.DivergedError, match=r"not finite at step (\d).*The last checkpoint, (\d), is finite") as e:
+    trainer.train_and_evaluate(diverging, tmp_path, restart_from=3)
+  saved = checkpoints.manager(tmp_path, read_only=True).all_steps()
+  assert f"The last checkpoint, {max(saved)}," in str(e.value)
+  assert all(_finite(tmp_path, s) for s in saved)  # nothing non-finite was written
+
+  # Restarting from the step-3 checkpoint with the original learning rate continues exactly as if never stopped.
+  trainer.train_and_evaluate(config, tmp_path, restart_from=3)
+  _assert_same_state(uninterrupted, tmp_path)
+  assert _metrics(uninterrupted) == _metrics(tmp_path)
+  assert {p.name for p in (tmp_path / "abandoned").glob("*/*")} == {str(s) for s in saved if s > 3}  # kept
+
+
+def test_a_damaged_latest_checkpoint_is_named_and_an_earlier_one_resumes_when_asked(data_dir, uninterrupted,
+                                                                                    tmp_path):
+  config = _runlocal(data_dir, steps=6, checkpoint_every=2)
+  trainer.train_and_evaluate(config, tmp_path, on_step=_stop_at(5))  # checkpoints 2, 4 and 5 (SIGTERM)
+  for f in (tmp_path / "checkpoints" / "5" / "state").rglob("*"):
+    if f.is_file():
+      f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])  # truncated files, as a crashed copy leaves
+  with pytest.raises(errors.DamagedFileError, match=r"checkpoint 5 .* cannot be read.*newest first: \[4, 2\].*"
+                                                    r"--restart_from=4"):
+    trainer.train_and_evaluate(config, tmp_path)
+  trainer.train_and_evaluate(config, tmp_path, restart_from=4)
+  _assert_same_state(uninterrupted, tmp_path)
+  assert _metrics(uninterrupted) == _metrics(tmp_path)
+
+
+def test_a_full_disk_during_a_save_names_the_intact_checkpoints(data_dir, uninterrupted, tmp_path, monkeypatch):
+  config = _runlocal(data_dir, steps=6, checkpoint_every=3)
+  save = ocp.CheckpointManager.save
+
+  def full_at_6(self, step, *args, **kwargs):
+    if step == 6:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return save(self, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_at_6)
+  with pytest.raises(errors.UserError, match=r"could not save checkpoint 6 .*disk is full.*intact: \[3\].*"
+                                             r"resumes from 3"):
+    trainer.train_and_evaluate(config, tmp_path)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+  trainer.train_and_evaluate(config, tmp_path)
+  _assert_same_state(uninterrupted, tmp_path)
+  assert _metrics(uninterrupted) == _metrics(tmp_path)
+
+
+def test_a_metrics_line_cut_by_a_crash_is_dropped_on_resume(data_dir, uninterrupted, tmp_path):
+  config = _runlocal(data_dir, steps=6, checkpoint_every=3)
+  trainer.train_and_evaluate(config, tmp_path, on_step=_stop_at(3))
+  with (tmp_path / "metrics.jsonl").open("a") as f:
+    f.write('{"step": 4, "loss": 1.2')  # the crash came mid-write
+  trainer.train_and_evaluate(config, tmp_path)
+  assert _metrics(uninterrupted) == _metrics(tmp_path)  # every row once, all readable
+
+
+def test_every_resumable_entry_really_resumes(data_dir, uninterrupted, tmp_path, tmp_path_factory):
+  """All of RESUMABLE_CHANGES changed at once between the stop and the resume: accepted, and the same run."""
+  trainer.train_and_evaluate(_runlocal(data_dir, steps=6, checkpoint_every=3), tmp_path, on_step=_stop_at(2))
+  other_data = tmp_path_factory.mktemp("tfds_elsewhere")
+  build.build("textures_zs3/tiny", other_data)
+  changed = _runlocal(other_data, steps=6, checkpoint_every=3)
+  changes = {"data_dir": str(other_data), "train.log_every": 2, "train.checkpoint_every": 3,
+             "train.eval_every": 0, "train.eval_max_examples": 3, "eval.batch_windows": 1, "eval.pictures": 0}
+  assert set(changes) == set(checkpoints.RESUMABLE_CHANGES)
+  for key, value in changes.items():
+    section, _, field = key.rpartition(".")
+    (changed[section] if section else changed)[field] = value
+  trainer.train_and_evaluate(changed, tmp_path)
+  _assert_same_state(uninterrupted, tmp_path)
+
+
+def test_a_changed_worker_count_is_refused_not_resumed_wrongly(data_dir, tmp_path):
+  """grain's iterator state depends on the worker processes: resuming with another count is refused by name."""
+  trainer.train_and_evaluate(_runlocal(data_dir, steps=4, checkpoint_every=2), tmp_path, on_step=_stop_at(2))
+  with pytest.raises(errors.ConfigError, match=r"train\.num_workers: checkpoint has 0, config has 1"):
+    trainer.train_and_evaluate(_runlocal(data_dir, steps=4, checkpoint_every=2, num_workers=1), tmp_path)
+
+
+def _cli(*args, timeout=300):
+  return subprocess.run([PYTHON, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def test_two_trainers_never_share_a_workdir(data_dir, tmp_path):
+  args = ["zegot_jax.train", "--config", "configs/textures_zs3.py:runlocal=True", f"--config.data_dir={data_dir}",
+          "--config.train.steps=100000", "--config.train.checkpoint_every=100000", "--workdir", str(tmp_path)]
+  first = subprocess.Popen([PYTHON, "-m", *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 120
+    while not ((tmp_path / ".lock").is_file() and (tmp_path / ".lock").read_text()) and time.time() < deadline:
+      time.sleep(0.2)
+    second = _cli(*args)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert second.stderr.strip() == (
+        f"error: {tmp_path} is in use by another trainer (pid {first.pid} on host {os.uname().nodename}); wait for "
+        f"it to finish, stop it, or use another --workdir")
+    assert first.poll() is None  # the first one is untouched
+  finally:
+    first.kill()
+    first.wait()
+  # A killed holder leaves no lock behind: the next trainer takes the workdir (and stops itself after a step).
+  done = _cli(*args[:-4], "--config.train.steps=1", "--workdir", str(tmp_path))
+  assert "in use" not in done.stderr
+
+
+KILL_TRIALS = int(os.environ.get("ZEGOT_KILL_TRIALS", "10" if os.environ.get("ZEGOT_SLOW") else "2"))
+
+
+def _logged_step(workdir: pathlib.Path) -> int:
+  try:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return json.loads(lines[-1])["step"] if lines else 0
+  except (FileNotFoundError, json.JSONDecodeError, KeyError):
+    return 0
+
+
+def test_sigkill_at_random_points_resumes_bit_identically(data_dir, tmp_path):
+  """kill -9 at random moments while steps run and checkpoints are written (one every step, the oldest deleted),
+  then the same command again, until the run finishes: the end state equals the uninterrupted run's, and every
+  metrics row appears once. ZEGOT_KILL_TRIALS runs (2 by default, 10 under ZEGOT_SLOW), 2 kills each."""
+  steps = 12
+  args = ["zegot_jax.train", "--config", "configs/textures_zs3.py:runlocal=True", f"--config.data_dir={data_dir}",
+          f"--config.train.steps={steps}", "--config.train.checkpoint_every=1", "--config.train.eval_every=0"]
+  reference = _cli(*args, "--workdir", str(tmp_path / "reference"))
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  rng = random.Random(0)
+  for trial in range(KILL_TRIALS):
+    workdir = tmp_path / f"killed{trial}"
+    for _ in range(2):
+      target = rng.randint(_logged_step(workdir) + 1, steps - 1)  # a step still to come
+      process = subprocess.Popen([PYTHON, "-m", *args, "--workdir", str(workdir)], cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      deadline = time.time() + 300
+      while _logged_step(workdir) < target and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+      time.sleep(rng.uniform(0.0, 0.3))  # somewhere in the next steps and saves
+      process.send_signal(signal.SIGKILL)
+      process.wait()
+      if _logged_step(workdir) >= steps - 1:
+        break
+    finished = _cli(*args, "--workdir", str(workdir))
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    _assert_same_state(tmp_path / "reference", workdir, steps)
+    assert _metrics(workdir) == _metrics(tmp_path / "reference")  # every row once, the same numbers
