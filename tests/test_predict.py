@@ -3,12 +3,14 @@
 import importlib.util
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from zegot_jax import checkpoints, evaluation, predict, trainer
+from zegot_jax import checkpoints, errors, evaluation, predict, trainer
 from zegot_jax.data import textures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -93,3 +95,52 @@ def test_bad_inputs_are_named(run, image_path, tmp_path):
     predict.predict(run, image_path, ["star", "Star"])
   with pytest.raises(FileNotFoundError, match=r"config\.json does not exist"):
     predict.predict(tmp_path, image_path, ["star"])
+
+
+def test_a_threshold_outside_0_1_is_refused(run, image_path):
+  with pytest.raises(errors.ConfigError, match=r"--threshold=1\.5: expected a probability in \[0, 1\]"):
+    predict.predict(run, image_path, ["star"], threshold=1.5)
+
+
+def test_images_of_the_same_name_and_reruns_never_mix_outputs(run, image_path, tmp_path):
+  """Two files called scene.png get two directories; a rerun with another class list leaves no mask of the old one."""
+  other = tmp_path / "elsewhere" / image_path.name
+  other.parent.mkdir()
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(other)
+  first = predict.predict(run, image_path, ["star", "ring", "cross"])
+  second = predict.predict(run, other, ["star", "ring", "cross"])
+  assert first["out"] != second["out"] and pathlib.Path(first["out"]).name.startswith("scene-")
+  again = predict.predict(run, image_path, ["plain"])
+  assert again["out"] == first["out"]
+  assert sorted(p.name for p in pathlib.Path(again["out"]).glob("mask_*.png")) == ["mask_000_plain.png"]
+
+
+def test_a_16_bit_image_is_segmented_as_its_8_bit_copy(run, image_path, tmp_path):
+  """predict scales a 16-bit PNG to 8 bits (PIL alone would clip it to white): same labels as the 8-bit image."""
+  gray8 = np.asarray(Image.open(image_path).convert("L"))
+  Image.fromarray(gray8).save(tmp_path / "gray8.png")
+  Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "gray16.png")  # 255 → 65535
+  np.testing.assert_array_equal(predict.read_image(tmp_path / "gray16.png"), predict.read_image(tmp_path / "gray8.png"))
+  names = ["star", "ring", "cross"]
+  predict.predict(run, tmp_path / "gray8.png", names, out=tmp_path / "a")
+  predict.predict(run, tmp_path / "gray16.png", names, out=tmp_path / "b")
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / "labels.png")),
+                                np.asarray(Image.open(tmp_path / "b" / "labels.png")))
+
+
+def test_the_cli_reports_mistakes_in_one_line(run, image_path, tmp_path):
+  def cli(*args):
+    done = subprocess.run([sys.executable, "-m", "zegot_jax.predict", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-3000:]
+    return done.stderr.strip()
+
+  assert cli("--workdir", str(run), "--image", str(image_path), "--classes", "star", "--threshold", "1.5") == (
+      "error: --threshold=1.5: expected a probability in [0, 1] (0 assigns every pixel)")
+  assert cli("--workdir", str(run), "--image", str(tmp_path / "none.png"), "--classes", "star") == (
+      f"error: image {tmp_path / 'none.png'} does not exist")
+  broken = tmp_path / "broken_run"
+  broken.mkdir()
+  (broken / "config.json").write_text((run / "config.json").read_text()[:100])  # cut by a crash or a full disk
+  assert cli("--workdir", str(broken), "--image", str(image_path), "--classes", "star").startswith(
+      f"error: {broken / 'config.json'} is damaged (")

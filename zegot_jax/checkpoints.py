@@ -78,11 +78,17 @@ def manager(workdir: pathlib.Path, max_to_keep: int = 3, *, read_only: bool = Fa
   """The run's checkpoint manager (synchronous saves). orbax refuses relative paths; `--workdir runs/demo` is one.
   `read_only`: for inference; the checkpoints directory must exist and nothing is created."""
   directory = (pathlib.Path(workdir) / "checkpoints").absolute()
-  if read_only and not directory.is_dir():
+  if read_only:
+    _require_run(workdir)
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep, create=not read_only, enable_async_checkpointing=False))
+
+
+def _require_run(workdir: pathlib.Path) -> None:
+  directory = (pathlib.Path(workdir) / "checkpoints").absolute()
+  if not directory.is_dir():
     raise MissingFileError(f"{directory} does not exist: --workdir {workdir} is not a training run's directory "
                            f"(or it has saved no checkpoint yet)")
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only, enable_async_checkpointing=False))
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_state: Any, meta: dict) -> None:
@@ -251,8 +257,8 @@ def load_run(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, ste
   `untrained_seed`, freshly initialized trainable params instead (for baselines that train nothing; step 0)."""
   workdir = pathlib.Path(workdir).expanduser()
   mesh = from_config.make_mesh(config)
-  if untrained_seed is None and not workdir.is_dir():
-    raise MissingFileError(f"--workdir {workdir} does not exist")
+  if untrained_seed is None:
+    _require_run(workdir)  # before anything is read from it
   clip = from_config.load_clip(config, workdir, create=untrained_seed is not None)
   model = from_config.build_model(config, clip)
   tokenizer = prompts.load_tokenizer(clip.path)

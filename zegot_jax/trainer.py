@@ -101,6 +101,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config train.lr={config.train.lr!r}: expected a positive learning rate")
   if config.setting not in ("transductive", "inductive"):
     raise ConfigError(f"config setting={config.setting!r}: expected transductive or inductive")
+  registry.parse_name(config.dataset)
   from_config.model_config(config)  # the model's own checks, before anything is loaded
   make_schedule(config)
 

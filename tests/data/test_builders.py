@@ -1,6 +1,8 @@
 """Each benchmark builder on a miniature directory in the real layout, built and read back."""
 
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,9 @@ from PIL import Image
 from zegot_jax.data import build, registry
 from zegot_jax.data.builders import DatasetContentError, DatasetLayoutError
 from zegot_jax.data.classes import COCO_UNUSED_IDS0
+from zegot_jax.errors import ConfigError, DamagedFileError
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 RNG = np.random.default_rng(0)
 
@@ -178,3 +183,50 @@ def test_coco_stuff_official_and_converted_labels(tmp_path):
              _label_values(12, 16, [COCO_UNUSED_IDS0[0]]), palette=False)
   with pytest.raises(DatasetContentError, match=rf"label values \[{COCO_UNUSED_IDS0[0]}\]"):
     build.build("coco_stuff171_zs3", tmp_path / "data3", str(root), allow_partial=True)
+
+
+def _build_cli(*args):
+  return subprocess.run([sys.executable, "-m", "zegot_jax.data.build", *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_a_partial_build_is_recorded_and_never_shadows_a_later_build(voc_dir, tmp_path):
+  """A build with --allow_partial says so in its metadata; building again says it is already built (and partial)
+  instead of pretending to build; --overwrite rebuilds."""
+  manual, _ = voc_dir
+  data = tmp_path / "data"
+  first = _build_cli("voc12_zs3", f"--manual_dir={manual}", f"--data_dir={data}", "--allow_partial")
+  assert first.returncode == 0, first.stderr[-2000:]
+  dataset = registry.load("voc12_zs3", data)
+  assert registry.built_spec(dataset)["partial"] == {"train": "3 of 10582", "validation": "2 of 1449"}
+  again = _build_cli("voc12_zs3", f"--manual_dir={manual}", f"--data_dir={data}")
+  assert again.returncode == 0 and again.stdout.startswith("already built, not rebuilt: voc12_zs3")
+  assert "PARTIAL build (train 3 of 10582, validation 2 of 1449)" in again.stdout and "--overwrite" in again.stdout
+  (manual / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").write_text("2009_000004\n")
+  rebuilt = _build_cli("voc12_zs3", f"--manual_dir={manual}", f"--data_dir={data}", "--allow_partial", "--overwrite")
+  assert rebuilt.returncode == 0, rebuilt.stderr[-2000:]
+  assert rebuilt.stdout.splitlines()[-1].startswith("built voc12_zs3")
+  assert len(registry.load("voc12_zs3", data).splits["validation"]) == 1
+
+
+def test_an_unknown_builder_config_lists_the_real_ones(tmp_path):
+  with pytest.raises(ConfigError, match=r"dataset 'textures_zs3' has no config 'huge'; its configs are "
+                                        r"\['default', 'tiny'\]"):
+    registry.make_builder("textures_zs3/huge", tmp_path)
+  done = _build_cli("textures_zs3/huge", f"--data_dir={tmp_path}")
+  assert done.returncode == 2 and done.stderr.count("\n") == 1 and done.stderr.startswith("error: dataset")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt"])
+def test_a_damaged_array_record_file_is_named_with_the_fix(tmp_path, damage):
+  build.build("textures_zs3/tiny", tmp_path)
+  (path,) = (tmp_path / "textures_zs3" / "tiny").glob("*/textures_zs3-train.array_record-*")
+  data = path.read_bytes()
+  if damage == "truncate":
+    path.write_bytes(data[: len(data) // 3])
+  else:  # the middle of the file overwritten: records decode to garbage or fail their checks
+    path.write_bytes(data[:1000] + bytes(len(data) - 2000) + data[-1000:])
+  with pytest.raises(DamagedFileError, match=r"textures_zs3/tiny.*cannot be read.*rebuild it.*--overwrite"):
+    dataset = registry.load("textures_zs3/tiny", tmp_path)
+    for i in range(len(dataset.splits["train"])):
+      _ = dataset.splits["train"][i]

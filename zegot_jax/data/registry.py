@@ -26,7 +26,8 @@ def is_synthetic(name: str) -> bool:
   return name.partition("/")[0] in SYNTHETIC
 
 
-def _parse(name: str) -> tuple[str, str | None]:
+def parse_name(name: str) -> tuple[str, str | None]:
+  """'textures_zs3/tiny' → ('textures_zs3', 'tiny'); an unknown dataset or config is a ConfigError."""
   base, _, config = name.partition("/")
   if base not in ALL_BUILDERS:
     raise ConfigError(f"unknown dataset {base!r}; known datasets: {sorted(ALL_BUILDERS)}")
@@ -39,7 +40,7 @@ def _parse(name: str) -> tuple[str, str | None]:
 
 def make_builder(name: str, data_dir: str | pathlib.Path, **kwargs) -> SegmentationBuilder:
   """name: a dataset name, optionally with a config ('textures_zs3/tiny')."""
-  base, config = _parse(name)
+  base, config = parse_name(name)
   # array_record: the format tfds writes and reads without TensorFlow, with random access for grain.
   return ALL_BUILDERS[base](data_dir=str(data_dir), config=config, file_format="array_record", **kwargs)
 
