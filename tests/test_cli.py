@@ -111,7 +111,7 @@ def test_reading_a_run_creates_nothing_in_it(run, tmp_path):
 
 
 def test_evaluate_checks_the_setting_records_it_and_names_its_result(run, data_dir):
-  wrong = _cli("zegot_jax.evaluate", "--config", f"configs/textures_zs3.py:runlocal=True,setting=inductive",
+  wrong = _cli("zegot_jax.evaluate", "--config", "configs/textures_zs3.py:runlocal=True,setting=inductive",
                f"--config.data_dir={data_dir}", "--workdir", str(run))
   assert "setting: checkpoint has 'transductive', config has 'inductive'" in _one_line_error(wrong)
   done = _cli("zegot_jax.evaluate", "--config", RUNLOCAL, f"--config.data_dir={data_dir}", "--workdir", str(run),
