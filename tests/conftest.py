@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny random CLIP checkpoints written by transformers itself, and a tokenizer for them."""
+"""Shared fixtures: tiny random CLIP checkpoints written by transformers itself, a tokenizer for them, and the
+suite's dataset directory."""
 
 import jax
 import numpy as np
@@ -49,3 +50,9 @@ def random_token_ids(rng: np.random.Generator, batch: int, length: int, eos: int
     end = rng.integers(2, length)
     ids[i, end:] = eos
   return ids
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  """One tensorflow_datasets directory for the suite: the synthetic worlds build themselves into it on first use."""
+  return tmp_path_factory.mktemp("tfds")

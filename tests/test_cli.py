@@ -32,11 +32,6 @@ def _one_line_error(done) -> str:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds")
-
-
-@pytest.fixture(scope="module")
 def run(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp("run")
   trainer.train_and_evaluate(_runlocal(data_dir, steps=2, checkpoint_every=2), workdir)

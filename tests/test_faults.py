@@ -26,11 +26,6 @@ PYTHON = sys.executable
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds")
-
-
-@pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
   """The reference: 6 steps without a stop, checkpoints every 3 steps."""
   workdir = tmp_path_factory.mktemp("uninterrupted")

@@ -14,7 +14,7 @@ LAYERS = [
     ["models"],
     ["metrics", "selftrain", "config_lib", "segmenter", "from_config"],
     ["pictures", "checkpoints"],
-    ["evaluation"],
+    ["evaluation", "prediction"],
     ["trainer"],
     ["train", "evaluate", "predict", "tools", "demo"],
 ]

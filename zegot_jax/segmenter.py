@@ -1,7 +1,7 @@
 """Inference of a trained ZegOT for one class list: the `Segmenter`, and mmsegmentation's sliding-window test.
 
 A `Segmenter` computes the class list's text embeddings once (per set of parameters) and owns the jitted window
-inference; evaluation (`evaluation.py`), prediction (`predict.py`) and the pictures (`pictures.py`) all segment
+inference; evaluation (`evaluation.py`), prediction (`prediction.py`) and the pictures (`pictures.py`) all segment
 through it.
 """
 

@@ -252,10 +252,10 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   # Input pipeline: this process's shard of the dataset, batch_size / process_count examples per step.
   dataset = from_config.open_dataset(config)
   spec = dataset.spec
-  partial = registry.built_spec(dataset).get("partial")
+  partial = registry.partial_note(dataset)
   if partial and is_main:
-    print(f"warning: {spec.name} is a partial build ({', '.join(f'{k}: {v}' for k, v in partial.items())} "
-          f"examples): its numbers are not comparable with the full dataset's", file=sys.stderr)
+    print(f"warning: {spec.name} is a partial build ({partial} examples): its numbers are not comparable with the "
+          f"full dataset's", file=sys.stderr)
   classes, label_lut = training_classes(spec, config.setting)
   unseen = [classes.index(i) for i in spec.unseen] if config.setting == "transductive" else []
   data = pipeline.train_dataset(dataset.splits["train"], spec, batch_size=t.batch_size // jax.process_count(),

@@ -199,6 +199,7 @@ def test_a_partial_build_is_recorded_and_never_shadows_a_later_build(voc_dir, tm
   assert first.returncode == 0, first.stderr[-2000:]
   dataset = registry.load("voc12_zs3", data)
   assert registry.built_spec(dataset)["partial"] == {"train": "3 of 10582", "validation": "2 of 1449"}
+  assert registry.partial_note(dataset) == "train 3 of 10582, validation 2 of 1449"  # what training prints
   again = _build_cli("voc12_zs3", f"--manual_dir={manual}", f"--data_dir={data}")
   assert again.returncode == 0 and again.stdout.startswith("already built, not rebuilt: voc12_zs3")
   assert "PARTIAL build (train 3 of 10582, validation 2 of 1449)" in again.stdout and "--overwrite" in again.stdout
@@ -219,7 +220,7 @@ def test_an_unknown_builder_config_lists_the_real_ones(tmp_path):
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt"])
 def test_a_damaged_array_record_file_is_named_with_the_fix(tmp_path, damage):
-  build.build("textures_zs3/tiny", tmp_path)
+  assert registry.partial_note(build.build("textures_zs3/tiny", tmp_path)) is None  # a full build says nothing
   (path,) = (tmp_path / "textures_zs3" / "tiny").glob("*/textures_zs3-train.array_record-*")
   data = path.read_bytes()
   if damage == "truncate":

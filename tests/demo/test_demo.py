@@ -33,11 +33,6 @@ def demo_config(data_dir, arg="runlocal=True"):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp("tfds")
-
-
-@pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp("demo")
   command = [sys.executable, "-m", "zegot_jax.demo", "--config", "configs/demo.py:runlocal=True",
@@ -111,7 +106,8 @@ def test_results_runs_take_the_requested_variant_setting_seed_and_steps():
 
 
 CORE = ["models", "data", "trainer.py", "checkpoints.py", "evaluation.py", "metrics.py", "segmenter.py", "selftrain.py",
-        "from_config.py", "train.py", "evaluate.py", "predict.py", "config_lib.py", "pictures.py"]
+        "from_config.py", "train.py", "evaluate.py", "predict.py", "prediction.py", "config_lib.py",
+        "pictures.py", "errors.py"]
 
 
 def test_the_core_never_imports_the_demo():

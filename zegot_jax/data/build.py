@@ -43,8 +43,8 @@ def build(name: str, data_dir: str | pathlib.Path, manual_dir: str | None = None
 
 def describe(name: str, dataset: registry.Dataset) -> str:
   sizes = ", ".join(f"{k}: {len(v)}" for k, v in dataset.splits.items())
-  partial = registry.built_spec(dataset).get("partial")
-  note = f"; PARTIAL build ({', '.join(f'{k} {v}' for k, v in partial.items())})" if partial else ""
+  partial = registry.partial_note(dataset)
+  note = f"; PARTIAL build ({partial})" if partial else ""
   return (f"{name} at {dataset.builder.data_dir} ({sizes}){note}; {len(dataset.spec.classes)} classes, unseen: "
           f"{', '.join(dataset.spec.unseen_names)}")
 

@@ -95,6 +95,12 @@ class CheckedSource:
     return f"CheckedSource({self.name}/{self.split}, {len(self)} records)"
 
 
+def partial_note(dataset: Dataset) -> str | None:
+  """'train 3 of 10582, validation 2 of 1449' for a dataset built with --allow_partial; None for a full one."""
+  partial = dict(dataset.builder.info.metadata).get("partial")
+  return ", ".join(f"{k} {v}" for k, v in partial.items()) if partial else None
+
+
 def built_spec(dataset: Dataset) -> dict:
   """The metadata stored with the built dataset (classes, unseen, ignore index): what training trusts."""
   return dict(dataset.builder.info.metadata)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zegot_jax import checkpoints, errors, evaluation, predict, trainer
+from zegot_jax import checkpoints, errors, evaluation, prediction, trainer
 from zegot_jax.data import textures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def test_predict_and_evaluation_give_the_same_logits(run):
     Image.fromarray(source[i]["image"]).save(path)
     ex = evaluator.examples[i]
     expected = np.asarray(evaluator.segmenter.logits(ex["image"], ex["label"].shape))
-    got = np.asarray(predict.image_logits(trained, config, predict.read_image(path), list(evaluator.spec.classes)))
+    got = np.asarray(prediction.image_logits(trained, config, prediction.read_image(path), list(evaluator.spec.classes)))
     assert got.shape == expected.shape == (*ex["label"].shape, len(evaluator.spec.classes))
     np.testing.assert_array_equal(got, expected)
 
@@ -57,7 +57,7 @@ def image_path(tmp_path_factory):
 
 def test_outputs_cover_the_image(run, image_path, tmp_path):
   names = ["star", "ring", "a new class", "heart"]
-  summary = predict.predict(run, image_path, names, out=tmp_path)
+  summary = prediction.predict(run, image_path, names, out=tmp_path)
   labels = np.asarray(Image.open(tmp_path / "labels.png"))
   assert labels.shape == (80, 72) and set(np.unique(labels)) <= set(range(4))
   overlay = Image.open(tmp_path / "overlay.png")
@@ -72,34 +72,34 @@ def test_outputs_cover_the_image(run, image_path, tmp_path):
 def test_permuting_the_class_list_keeps_every_pixel_name(run, image_path, tmp_path):
   names = ["star", "ring", "heart", "square", "cross"]
   order = [3, 0, 4, 1, 2]
-  predict.predict(run, image_path, names, out=tmp_path / "a")
-  predict.predict(run, image_path, [names[i] for i in order], out=tmp_path / "b")
+  prediction.predict(run, image_path, names, out=tmp_path / "a")
+  prediction.predict(run, image_path, [names[i] for i in order], out=tmp_path / "b")
   a = np.asarray(Image.open(tmp_path / "a" / "labels.png"))
   b = np.asarray(Image.open(tmp_path / "b" / "labels.png"))
   np.testing.assert_array_equal(np.asarray(names)[a], np.asarray([names[i] for i in order])[b])
 
 
 def test_threshold_leaves_uncertain_pixels_unassigned(run, image_path, tmp_path):
-  summary = predict.predict(run, image_path, ["star", "ring"], threshold=1.0, out=tmp_path)
+  summary = prediction.predict(run, image_path, ["star", "ring"], threshold=1.0, out=tmp_path)
   assert summary["unassigned"] == 1.0
-  assert (np.asarray(Image.open(tmp_path / "labels.png")) == predict.UNASSIGNED).all()
+  assert (np.asarray(Image.open(tmp_path / "labels.png")) == prediction.UNASSIGNED).all()
 
 
 def test_bad_inputs_are_named(run, image_path, tmp_path):
   with pytest.raises(FileNotFoundError, match="nothing.png does not exist"):
-    predict.predict(run, tmp_path / "nothing.png", ["star"])
+    prediction.predict(run, tmp_path / "nothing.png", ["star"])
   (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
   with pytest.raises(ValueError, match=r"broken\.png: not a readable image"):
-    predict.predict(run, tmp_path / "broken.png", ["star"])
+    prediction.predict(run, tmp_path / "broken.png", ["star"])
   with pytest.raises(ValueError, match="repeat"):
-    predict.predict(run, image_path, ["star", "Star"])
+    prediction.predict(run, image_path, ["star", "Star"])
   with pytest.raises(FileNotFoundError, match=r"config\.json does not exist"):
-    predict.predict(tmp_path, image_path, ["star"])
+    prediction.predict(tmp_path, image_path, ["star"])
 
 
 def test_a_threshold_outside_0_1_is_refused(run, image_path):
   with pytest.raises(errors.ConfigError, match=r"--threshold=1\.5: expected a probability in \[0, 1\]"):
-    predict.predict(run, image_path, ["star"], threshold=1.5)
+    prediction.predict(run, image_path, ["star"], threshold=1.5)
 
 
 def test_images_of_the_same_name_and_reruns_never_mix_outputs(run, image_path, tmp_path):
@@ -107,10 +107,10 @@ def test_images_of_the_same_name_and_reruns_never_mix_outputs(run, image_path, t
   other = tmp_path / "elsewhere" / image_path.name
   other.parent.mkdir()
   Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(other)
-  first = predict.predict(run, image_path, ["star", "ring", "cross"])
-  second = predict.predict(run, other, ["star", "ring", "cross"])
+  first = prediction.predict(run, image_path, ["star", "ring", "cross"])
+  second = prediction.predict(run, other, ["star", "ring", "cross"])
   assert first["out"] != second["out"] and pathlib.Path(first["out"]).name.startswith("scene-")
-  again = predict.predict(run, image_path, ["plain"])
+  again = prediction.predict(run, image_path, ["plain"])
   assert again["out"] == first["out"]
   assert sorted(p.name for p in pathlib.Path(again["out"]).glob("mask_*.png")) == ["mask_000_plain.png"]
 
@@ -120,10 +120,10 @@ def test_a_16_bit_image_is_segmented_as_its_8_bit_copy(run, image_path, tmp_path
   gray8 = np.asarray(Image.open(image_path).convert("L"))
   Image.fromarray(gray8).save(tmp_path / "gray8.png")
   Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / "gray16.png")  # 255 → 65535
-  np.testing.assert_array_equal(predict.read_image(tmp_path / "gray16.png"), predict.read_image(tmp_path / "gray8.png"))
+  np.testing.assert_array_equal(prediction.read_image(tmp_path / "gray16.png"), prediction.read_image(tmp_path / "gray8.png"))
   names = ["star", "ring", "cross"]
-  predict.predict(run, tmp_path / "gray8.png", names, out=tmp_path / "a")
-  predict.predict(run, tmp_path / "gray16.png", names, out=tmp_path / "b")
+  prediction.predict(run, tmp_path / "gray8.png", names, out=tmp_path / "a")
+  prediction.predict(run, tmp_path / "gray16.png", names, out=tmp_path / "b")
   np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / "labels.png")),
                                 np.asarray(Image.open(tmp_path / "b" / "labels.png")))
 
