@@ -154,3 +154,48 @@ def test_min_iterations_at_inner_iterations_would_stop_ott_early():
       linear_problem.LinearProblem(geometry.Geometry(cost_matrix=cost, epsilon=0.05)))
   assert int(solve(min_iterations=10).n_iters) == 10  # "diverged" on the skipped check
   assert int(solve(min_iterations=0).n_iters) > 10
+
+
+IMPLICIT_TIGHT = SinkhornConfig(threshold=1e-7, max_iterations=2000, gradient="implicit")
+
+
+@pytest.mark.parametrize("case", ["random", "near_ties", "equal_rows", "wide_range"])
+def test_implicit_gradients_equal_the_unrolled_ones_and_finite_differences(case):
+  """The implicit backward pass (an N×N solve per problem) against autodiff through ott-jax's iterations, both at
+  convergence, and against central finite differences; on random and adversarial score maps."""
+  shape = (2, 1, 6, 5, 3, 4)  # (d, B, h, w, K, N)
+  scores = _scores(7, shape)
+  if case == "near_ties":  # every prompt scores a pixel almost the same
+    scores = scores[..., :1] + 1e-4 * _scores(8, shape)
+  elif case == "equal_rows":  # whole rows of the cost identical: a flat plan along them
+    scores = scores.at[..., :3, :, :, :].set(0.2)
+  elif case == "wide_range":
+    scores = 0.99 * jnp.sign(scores - 0.15) * jnp.abs(scores) ** 0.2
+  weights = jax.random.normal(jax.random.key(9), shape)
+
+  def loss(s, config):
+    return jnp.sum(weights * mpot_refine(s, config)[0])
+
+  implicit = jax.jit(lambda s: loss(s, IMPLICIT_TIGHT))
+  refined_i, transport_i = mpot_refine(scores, IMPLICIT_TIGHT)
+  refined_u, transport_u = mpot_refine(scores, TIGHT)
+  np.testing.assert_array_equal(refined_i, refined_u)  # the forward pass is ott-jax's, unchanged
+  np.testing.assert_array_equal(transport_i.plan, transport_u.plan)
+  g_implicit = jax.jit(jax.grad(lambda s: loss(s, IMPLICIT_TIGHT)))(scores)
+  g_unrolled = jax.jit(jax.grad(lambda s: loss(s, TIGHT)))(scores)
+  assert np.isfinite(np.asarray(g_implicit)).all()
+  scale = float(jnp.abs(g_unrolled).max())
+  np.testing.assert_allclose(g_implicit, g_unrolled, rtol=1e-4, atol=1e-4 * scale)
+
+  eps = 1e-3
+  rng = np.random.default_rng(1)
+  for _ in range(4):
+    idx = tuple(int(rng.integers(0, d)) for d in shape)
+    bump = jnp.zeros_like(scores).at[idx].set(eps)
+    fd = (implicit(scores + bump) - implicit(scores - bump)) / (2 * eps)
+    np.testing.assert_allclose(float(fd), float(g_implicit[idx]), rtol=3e-2, atol=3e-2 * max(scale, 1.0))
+
+
+def test_implicit_gradient_is_a_config_choice():
+  with pytest.raises(ValueError, match="gradient='adjoint'"):
+    SinkhornConfig(gradient="adjoint")

@@ -9,11 +9,16 @@ implicit differentiation gives NaN in float32 here, and with `min_iterations == 
 backward pass starts from iteration 0 and the gradients are wrong (DESIGN.md; tests/models/test_mpot.py checks
 the gradients against an independent unrolled Sinkhorn and finite differences). Each problem stops on its own
 when the L1 error of its prompt marginal falls below the threshold, so results do not depend on the batch.
+
+`SinkhornConfig.gradient="implicit"` differentiates the converged plan instead (`implicit_plans`): the backward
+pass solves the optimality conditions' adjoint system, which reduces to one N×N system per problem (N prompts),
+so it stores no iterations and its cost does not grow with them. ott-jax still solves the forward problem.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -30,8 +35,11 @@ class SinkhornConfig:
   min_iterations: int = 0  # must stay below inner_iterations (see __post_init__)
   inner_iterations: int = 10  # iterations between two convergence checks
   threshold: float = 1e-4  # L1 error of the prompt marginal ν at which a problem stops
+  gradient: str = "unrolled"  # "unrolled" (through ott's iterations) or "implicit" (`implicit_plans`)
 
   def __post_init__(self):
+    if self.gradient not in ("unrolled", "implicit"):
+      raise ValueError(f"Sinkhorn gradient={self.gradient!r}: expected 'unrolled' or 'implicit'")
     # ott-jax 0.6.0 records an infinite error for a convergence check that falls before min_iterations and
     # reads it as divergence: min_iterations >= inner_iterations stops every solve after one block of
     # iterations. min_iterations == max_iterations would avoid that, but then its unrolled gradients are wrong.
@@ -52,8 +60,16 @@ class Transport(NamedTuple):
 
 
 def sinkhorn_plans(cost: jax.Array, config: SinkhornConfig = SinkhornConfig()) -> Transport:
-  """Entropic OT plans (Algorithm 1) of a batch of cost matrices (P, M, N), uniform marginals, in float32."""
+  """Entropic OT plans (Algorithm 1) of a batch of cost matrices (P, M, N), uniform marginals, in float32;
+  differentiated as `config.gradient` says."""
   cost = cost.astype(jnp.float32)
+  if config.gradient == "implicit":
+    return Transport(*implicit_plans(cost, config))
+  return _ott_plans(cost, config)
+
+
+def _ott_plans(cost: jax.Array, config: SinkhornConfig) -> Transport:
+  """ott-jax's batched log-domain Sinkhorn; autodiff unrolls its iterations."""
   solver = sinkhorn.Sinkhorn(lse_mode=True, threshold=config.threshold, inner_iterations=config.inner_iterations,
                              min_iterations=config.min_iterations, max_iterations=config.max_iterations,
                              implicit_diff=None)
@@ -65,6 +81,42 @@ def sinkhorn_plans(cost: jax.Array, config: SinkhornConfig = SinkhornConfig()) -
 
   plan, iterations = jax.vmap(solve)(cost)
   return Transport(plan, iterations)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def implicit_plans(cost: jax.Array, config: SinkhornConfig) -> tuple[jax.Array, jax.Array]:
+  """(plans (P, M, N), iterations (P,)) of ott-jax's Sinkhorn, differentiated implicitly at the converged plan.
+
+  With potentials f, g and T_ij = exp((f_i + g_j − C_ij)/ε), the marginal conditions T1 = μ, Tᵀ1 = ν give, for a
+  cotangent G of T and H = G ⊙ T / ε, the cost cotangent  ∂L/∂C = T ⊙ (x ⊕ y) − H,  where (x, y) solves
+      diag(μ) x + T y = H1,   Tᵀ x + diag(ν) y = Hᵀ1.
+  Eliminating x leaves the N×N system (diag(ν) − Tᵀ diag(1/μ) T) y = Hᵀ1 − Tᵀ (H1 / μ), singular only along
+  the constant vector (the potentials' shift); adding 11ᵀ picks the solution with Σy = 0. Exact at convergence;
+  the forward solve's threshold bounds the error.
+  """
+  transport = _ott_plans(cost, config)
+  return transport.plan, transport.iterations
+
+
+def _implicit_fwd(cost, config):
+  plan, iterations = implicit_plans(jax.lax.stop_gradient(cost), config)
+  return (plan, iterations), plan
+
+
+def _implicit_bwd(config, plan, cotangents):
+  g, _ = cotangents  # the iteration counts are integers: no cotangent
+  m, n = plan.shape[-2:]
+  mu, nu = 1.0 / m, 1.0 / n  # uniform marginals
+  h = g * plan / config.epsilon  # (P, M, N)
+  h_rows, h_cols = h.sum(-1), h.sum(-2)  # (P, M), (P, N)
+  schur = nu * jnp.eye(n) - jnp.einsum("pmi,pmj->pij", plan, plan) / mu  # (P, N, N)
+  rhs = h_cols - jnp.einsum("pmn,pm->pn", plan, h_rows) / mu  # (P, N)
+  y = jnp.linalg.solve(schur + 1.0, rhs[..., None])[..., 0]  # + 11ᵀ: the solution with Σy = 0
+  x = (h_rows - jnp.einsum("pmn,pn->pm", plan, y)) / mu  # (P, M)
+  return (plan * (x[..., :, None] + y[..., None, :]) - h,)
+
+
+implicit_plans.defvjp(_implicit_fwd, _implicit_bwd)
 
 
 def _problems(scores: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
