@@ -5,7 +5,7 @@ A checkpoint in <workdir>/checkpoints/<step>/ holds three items: `state` (the tr
 params, opt_state, teacher), `data` (the input iterator's state) and `meta` (the checked config entries,
 the class list and the CLIP path). orbax writes each checkpoint to a temporary directory and renames it when it
 is complete, so a crash or a kill during a save never damages an earlier checkpoint. Training never saves a
-non-finite state (trainer.py), and holds `lock_workdir` so that two trainers never share a workdir.
+non-finite state (trainer.py), and holds a `WorkdirLock` so that two trainers never share a workdir.
 
 Reading a run (`load_run`, `read_run_config`) never creates anything in its workdir.
 """

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 from absl import app, flags
 
@@ -46,7 +47,7 @@ def one_line(message: str) -> str:
   return " ".join(str(message).split())
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
   print(f"error: {one_line(message)}", file=sys.stderr)
   sys.exit(EXIT_USER_ERROR)
 
@@ -101,7 +102,6 @@ def run(main: Callable[[list[str]], None], *, positional: int = 0) -> None:
       if "--show_traceback" in argv:
         raise
       fail(_flag_error(e, argv))
-    return []
 
   def wrapped(argv: list[str]) -> None:
     if len(argv) - 1 > positional:

@@ -29,7 +29,6 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from zegot_jax import errors, evaluation, from_config, metrics
-from zegot_jax.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "the run's config file", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "the training run's workdir")
@@ -53,7 +52,7 @@ def _writable(directory: pathlib.Path) -> None:
     with tempfile.TemporaryFile(dir=directory):
       pass
   except OSError as e:
-    raise UserError(f"cannot write the result in {directory} ({e.strerror or e}); pass --out PATH in a writable "
+    raise errors.UserError(f"cannot write the result in {directory} ({e.strerror or e}); pass --out PATH in a writable "
                     f"place") from e
 
 

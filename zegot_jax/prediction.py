@@ -86,7 +86,7 @@ def image_logits(run: checkpoints.TrainedRun, config: ml_collections.ConfigDict,
 def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_names: list[str], *,
             config: ml_collections.ConfigDict | None = None, step: int | None = None, threshold: float = 0.0,
             out: str | pathlib.Path | None = None) -> dict:
-  """Segments one image; writes the files listed in the module docstring and returns the summary."""
+  """Segments one image; writes the files listed in predict.py's docstring and returns the summary."""
   workdir = pathlib.Path(workdir).expanduser()
   if not 0.0 <= threshold <= 1.0:
     raise ConfigError(f"--threshold={threshold}: expected a probability in [0, 1] (0 assigns every pixel)")

@@ -8,8 +8,9 @@ sharding, update step, checkpoint restore, loop (logging, evaluation, checkpoint
 A run restarted in the same workdir resumes from its latest checkpoint (parameters, optimizer state, teacher,
 data iterator) and continues exactly as if never stopped. SIGTERM (preemption) saves a checkpoint and
 exits cleanly. A non-finite state is never saved: the run stops naming the last (finite) checkpoint, from which
-`restart_from` restarts it, e.g. with a lower learning rate. One trainer at a time holds a workdir (a lock). The workdir holds checkpoints/, metrics.jsonl, tb/ (TensorBoard), config.json and, when the config
-asks for them (`eval.pictures`), the pictures of the last evaluation in pictures/.
+`restart_from` restarts it, e.g. with a lower learning rate. One trainer at a time holds a workdir (a lock).
+The workdir holds checkpoints/, metrics.jsonl, tb/ (TensorBoard), config.json and, when the config asks for them
+(`eval.pictures`), the pictures of the last evaluation in pictures/.
 """
 
 from __future__ import annotations
@@ -99,8 +100,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(f"config {key}={value!r}: expected an integer >= {low}")
   if not config.train.lr > 0:
     raise ConfigError(f"config train.lr={config.train.lr!r}: expected a positive learning rate")
-  if config.setting not in ("transductive", "inductive"):
-    raise ConfigError(f"config setting={config.setting!r}: expected transductive or inductive")
+  if config.setting not in pipeline.SETTINGS:
+    raise ConfigError(f"config setting={config.setting!r}: expected one of {pipeline.SETTINGS}")
   registry.parse_name(config.dataset)
   from_config.model_config(config)  # the model's own checks, before anything is loaded
   make_schedule(config)

@@ -12,6 +12,7 @@ not built again (the command says so, and whether that build is partial); --over
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import shutil
 import time
@@ -64,8 +65,6 @@ def main(argv, f: dict):
 
 
 if __name__ == "__main__":
-  import functools  # pylint: disable=g-import-not-at-top
-
   _flags = dict(
       data_dir=flags.DEFINE_string("data_dir", str(pathlib.Path.home() / "tensorflow_datasets"),
                                    "where the built dataset is written"),

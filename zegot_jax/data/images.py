@@ -32,7 +32,7 @@ def to_rgb8(image: Image.Image, where: str = "image") -> np.ndarray:
     if values.size and (values.min() < 0 or values.max() > 65535):
       raise ImageModeError(f"{where}: 32-bit integer pixels from {values.min()} to {values.max()}; expected 0-65535 "
                            f"(16-bit); save it as an 8-bit or 16-bit PNG or a JPEG")
-    return _gray_to_rgb(np.rint(values / 257.0) if values.max(initial=0) > 255 else values)
+    return _gray_to_rgb(np.rint(values / 257.0))
   if mode == "F":
     values = np.asarray(image, dtype=np.float64)
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)

@@ -99,8 +99,8 @@ def implicit_plans(cost: jax.Array, config: SinkhornConfig) -> tuple[jax.Array, 
 
 
 def _implicit_fwd(cost, config):
-  plan, iterations = implicit_plans(jax.lax.stop_gradient(cost), config)
-  return (plan, iterations), plan
+  transport = _ott_plans(cost, config)  # nothing is kept of its iterations: the backward needs the plan alone
+  return (transport.plan, transport.iterations), transport.plan
 
 
 def _implicit_bwd(config, plan, cotangents):
