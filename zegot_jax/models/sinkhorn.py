@@ -110,7 +110,9 @@ def _ott_plans(cost: jax.Array, config: SinkhornConfig) -> Transport:
   return Transport(plan, iterations)
 
 
-class _Scalings(NamedTuple):
+class Scalings(NamedTuple):
+  """The batched solver's loop state."""
+
   u: jax.Array  # (P, M) pixel scalings, u = exp(f/ε)
   v: jax.Array  # (P, N) prompt scalings, v = exp(g/ε)
   done: jax.Array  # (P,) converged (or diverged) at an earlier check
@@ -118,12 +120,16 @@ class _Scalings(NamedTuple):
   step: jax.Array  # () iterations run so far
 
 
-def _batched_plans(cost: jax.Array, config: SinkhornConfig) -> Transport:
-  """Algorithm 1 for all P problems at once in the kernel domain: T = diag(u) K diag(v), K = exp(−C/ε)."""
-  p, m, n = cost.shape
+def sinkhorn_kernel(cost: jax.Array, epsilon: float) -> jax.Array:
+  """K = exp(−C/ε) (P, M, N), each problem's C shifted by its minimum (a constant the scalings absorb), so its
+  entries lie in [e^(−range/ε), 1]."""
+  return jnp.exp((jnp.min(cost, axis=(1, 2), keepdims=True) - cost) / epsilon)
+
+
+def batched_block(kernel: jax.Array, s: Scalings, config: SinkhornConfig) -> Scalings:
+  """`inner_iterations` Sinkhorn iterations of every problem (unrolled), then one convergence check."""
+  m, n = kernel.shape[-2:]
   mu, nu = 1.0 / m, 1.0 / n
-  # Shifting C by its minimum multiplies K by a constant that the scalings absorb: entries lie in [e^(−range/ε), 1].
-  kernel = jnp.exp((jnp.min(cost, axis=(1, 2), keepdims=True) - cost) / config.epsilon)  # (P, M, N)
 
   def iterate(_, uv):
     u, v = uv
@@ -131,21 +137,26 @@ def _batched_plans(cost: jax.Array, config: SinkhornConfig) -> Transport:
     u = mu / jnp.einsum("pmn,pn->pm", kernel, v)  # a = μ / K b
     return u, v
 
-  def block(s: _Scalings) -> _Scalings:
-    u, v = jax.lax.fori_loop(0, config.inner_iterations, iterate, (s.u, s.v))
-    step = s.step + config.inner_iterations
-    error = jnp.abs(v * jnp.einsum("pmn,pm->pn", kernel, u) - nu).sum(-1)  # L1 error of the prompt marginal
-    stops = ~s.done & ~(error >= config.threshold)  # converged, or diverged (a NaN error), at this check
-    keep = s.done[:, None]  # problems stopped earlier keep their scalings: results independent of the batch
-    return _Scalings(jnp.where(keep, s.u, u), jnp.where(keep, s.v, v), s.done | stops,
-                     jnp.where(stops, step, s.iterations), step)
+  u, v = jax.lax.fori_loop(0, config.inner_iterations, iterate, (s.u, s.v), unroll=True)
+  step = s.step + config.inner_iterations
+  error = jnp.abs(v * jnp.einsum("pmn,pm->pn", kernel, u) - nu).sum(-1)  # L1 error of the prompt marginal
+  stops = ~s.done & ~(error >= config.threshold)  # converged, or diverged (a NaN error), at this check
+  keep = s.done[:, None]  # problems stopped earlier keep their scalings: results independent of the batch
+  return Scalings(jnp.where(keep, s.u, u), jnp.where(keep, s.v, v), s.done | stops,
+                  jnp.where(stops, step, s.iterations), step)
 
-  def running(s: _Scalings):
+
+def _batched_plans(cost: jax.Array, config: SinkhornConfig) -> Transport:
+  """Algorithm 1 for all P problems at once in the kernel domain: T = diag(u) K diag(v), K = exp(−C/ε)."""
+  p, m, n = cost.shape
+  kernel = sinkhorn_kernel(cost, config.epsilon)  # (P, M, N)
+
+  def running(s: Scalings):
     return (s.step < config.max_iterations) & ~jnp.all(s.done)
 
-  start = _Scalings(jnp.ones((p, m), jnp.float32), jnp.ones((p, n), jnp.float32), jnp.zeros(p, bool),
-                    jnp.full(p, config.max_iterations, jnp.int32), jnp.zeros((), jnp.int32))
-  s = jax.lax.while_loop(running, block, start)
+  start = Scalings(jnp.ones((p, m), jnp.float32), jnp.ones((p, n), jnp.float32), jnp.zeros(p, bool),
+                   jnp.full(p, config.max_iterations, jnp.int32), jnp.zeros((), jnp.int32))
+  s = jax.lax.while_loop(running, lambda s: batched_block(kernel, s, config), start)
   return Transport(s.u[:, :, None] * kernel * s.v[:, None, :], s.iterations)
 
 

@@ -206,29 +206,39 @@ class ZegOT(nn.Module):
     return ImageFeatures(f, f_bar, images.shape[1:3])
 
   def decode(self, features: ImageFeatures, text: jax.Array) -> tuple[ZegOTOutput, dict[str, Any]]:
-    """Everything after the frozen towers: GA, DFA, matching, fusion, decoder, ensemble."""
+    """Everything after the frozen towers: GA and DFA (`align`), matching (`match`), fusion, decoder and ensemble
+    (`head`)."""
+    scores, g_ga = self.align(features, text)
+    refined, plans, iterations = self.match(scores, features.f, g_ga)  # S*_i, eq. 7
+    out, fused = self.head(scores, refined, features.image_size)
+    aux = dict(score_maps=scores, refined_maps=refined, fused_map=fused, transport_plans=plans,
+               sinkhorn_iterations=iterations, text_embeddings=text, aligned_text=g_ga)
+    return out, aux
+
+  def align(self, features: ImageFeatures, text: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """GA (eq. 4) and DFA's score maps (eq. 5): (S_i (d, B, h, w, K, N), g_GA (B, K, N, D)), float32."""
     c = self.config
-    f, f_bar, (height, width) = features.f, features.f_bar, features.image_size
-    b = f_bar.shape[0]
-    g = jnp.broadcast_to(text[None], (b, *text.shape))  # (B, K, N, D)
+    f, f_bar = features.f, features.f_bar
+    g = jnp.broadcast_to(text[None], (f_bar.shape[0], *text.shape))  # (B, K, N, D)
     if c.global_alignment:
       g = self.global_alignment(jnp.concatenate([f_bar[:, None, None, :] * g, g], axis=-1))  # GA
     g_ga = l2_normalize(g).astype(jnp.float32)  # (B, K, N, D)
+    return jnp.einsum("lbhwd,bknd->lbhwkn", f, g_ga), g_ga  # S_i, eq. 5
 
-    scores = jnp.einsum("lbhwd,bknd->lbhwkn", f, g_ga)  # S_i, eq. 5: (d, B, h, w, K, N)
-    refined, plans, iterations = self._match(scores, f, g_ga)  # S*_i, eq. 7
+  def head(self, scores: jax.Array, refined: jax.Array, image_size: tuple[int, int]
+           ) -> tuple[ZegOTOutput, jax.Array]:
+    """Fusion (eq. 8), the score logits (eq. 9), the decoder (eq. 10) and their ensemble (eq. 11); also returns the
+    fused map S* (B, h, w, K, N)."""
+    c = self.config
     fused = fuse_score_maps(refined, c.fusion_norm)  # S*, eq. 8: (B, h, w, K, N)
-
-    score_logits = upsample(fused.sum(-1), (height, width))  # Y = U(M(S*)), eq. 9
+    score_logits = upsample(fused.sum(-1), image_size)  # Y = U(M(S*)), eq. 9
     stack = jnp.concatenate([scores.sum(-1), fused.sum(-1)[None]], axis=0)  # (d + 1, B, h, w, K)
-    decoder_logits = self.decoder(jnp.transpose(stack, (1, 4, 2, 3, 0)), (height, width))  # Ỹ, eq. 10
+    decoder_logits = self.decoder(jnp.transpose(stack, (1, 4, 2, 3, 0)), image_size)  # Ỹ, eq. 10
     lam = c.ensemble_lambda
     logits = lam * score_logits + (1 - lam) * decoder_logits  # Y*, eq. 11
-    aux = dict(score_maps=scores, refined_maps=refined, fused_map=fused, transport_plans=plans,
-               sinkhorn_iterations=iterations, text_embeddings=text, aligned_text=g_ga)
-    return ZegOTOutput(logits, score_logits, decoder_logits), aux
+    return ZegOTOutput(logits, score_logits, decoder_logits), fused
 
-  def _match(self, scores: jax.Array, f: jax.Array, g_ga: jax.Array):
+  def match(self, scores: jax.Array, f: jax.Array, g_ga: jax.Array):
     """Refines every layer's score maps by the configured matching: (refined, plans or None, iterations or None)."""
     c = self.config
     if c.matching == "mpot":

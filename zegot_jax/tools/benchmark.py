@@ -1,0 +1,309 @@
+r"""Where a ZegOT train or eval step spends its FLOPs, bytes, time and memory, at a config's settings.
+
+  python -m zegot_jax.tools.benchmark --config configs/coco_stuff171_zs3.py                 # train step, batch 16
+  python -m zegot_jax.tools.benchmark --config configs/voc12_zs3.py --mode eval
+  python -m zegot_jax.tools.benchmark --config configs/voc12_zs3.py --batch 2 --dtype float32   # a CPU
+
+The CLIP is random with ViT-B/16's shapes at the config's image size: costs and times do not depend on the
+weights, Sinkhorn iteration counts do (they are printed). The K classes are the dataset's, tokenized with the
+byte-level tokenizer (at most a few tokens longer than CLIP's BPE). Nothing is downloaded or read from disk.
+
+One row per part of the step, each part jitted alone on the outputs of the part before it:
+- GFLOP and GB accessed: XLA's cost analysis of that part on this backend. XLA counts a while loop's body once;
+  the batched Sinkhorn's loop is counted here once per block of iterations it ran (`loop_corrected`).
+- time: measured on this device, the best of --repeats calls after compilation.
+- roofline: max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) on an H100 and an H200 (`ROOFLINES`).
+Then the whole jitted step (phase 1, and phase 2 with its teacher): time, and peak memory per device by XLA's
+memory analysis (arguments + outputs + temporaries − donated) at the per-device batches --memory_batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import flags
+from ml_collections import config_flags
+
+from zegot_jax import errors, from_config, selftrain, trainer
+from zegot_jax.data import classes as classes_lib
+from zegot_jax.models import prompts, sinkhorn, zegot
+from zegot_jax.models.clip import CLIP, vit_b16_config
+from zegot_jax.models.losses import segmentation_loss
+
+# Peak dense bfloat16 tensor-core FLOP/s and HBM bandwidth (NVIDIA's data sheets, SXM parts).
+ROOFLINES = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/coco_stuff171_zs3.py",
+                                          lock_config=True)
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "the train step (both phases) or an eval forward")
+_BATCH = flags.DEFINE_integer("batch", None, "images per measured step (default: the config's train.batch_size)",
+                              lower_bound=1)
+_MEMORY_BATCHES = flags.DEFINE_list("memory_batches", ["4", "16"], "per-device batches whose peak memory is shown")
+_DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype (default: the config's)")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per part", lower_bound=1)
+
+
+class Cost(NamedTuple):
+  flops: float
+  bytes: float
+
+  def __add__(self, other):
+    return Cost(self.flops + other.flops, self.bytes + other.bytes)
+
+  def __sub__(self, other):
+    return Cost(self.flops - other.flops, self.bytes - other.bytes)
+
+  def __mul__(self, k):
+    return Cost(self.flops * k, self.bytes * k)
+
+
+def xla_cost(fn: Callable, *args) -> Cost:
+  """XLA's count for one call of jitted `fn` (loop bodies once)."""
+  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return Cost(float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0)))
+
+
+def best_time(fn: Callable, *args, repeats: int) -> float:
+  jitted = jax.jit(fn)
+  jax.block_until_ready(jitted(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(jitted(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def peak_memory(fn: Callable, *args, donate: tuple[int, ...] = ()) -> int:
+  """Bytes a device holds at the peak of one call, by XLA's memory analysis of the compiled function."""
+  m = jax.jit(fn, donate_argnums=donate).lower(*args).compile().memory_analysis()
+  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+
+
+def roofline(cost: Cost, peak_flops: float, bandwidth: float) -> float:
+  return max(cost.flops / peak_flops, cost.bytes / bandwidth)
+
+
+@dataclasses.dataclass
+class Bench:
+  """A random ViT-B/16 ZegOT at the config's settings, its inputs, and the pieces of its train step."""
+
+  config: Any
+  batch: int
+  dtype: Any
+
+  def __post_init__(self):
+    c = self.config
+    self.spec = classes_lib.SPECS[c.dataset.split("/")[0]]
+    self.class_indices, _ = trainer.training_classes(self.spec, c.setting)
+    self.unseen = [i for i, k in enumerate(self.class_indices) if k in self.spec.unseen]
+    self.model_config = from_config.model_config(c)
+    clip_config = vit_b16_config(c.clip.image_size, eos_token_id=prompts.byte_level_tokenizer().eos_token_id)
+    self.model = zegot.ZegOT(clip_config, self.model_config, dtype=self.dtype)
+    names = [self.spec.classes[i] for i in self.class_indices]
+    self.tokens = jnp.asarray(zegot.class_tokens(prompts.byte_level_tokenizer(), names, self.model_config))
+    size = c.clip.image_size
+    rng = jax.random.key(0)
+    self.clip_params = jax.jit(CLIP(clip_config, dtype=self.dtype).init)(
+        rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
+    self.params = zegot.init_trainable(self.model, rng)
+    self.optimizer, self.lr_schedule = trainer.make_optimizer(c)
+    self.schedule = trainer.make_schedule(c)
+    self.images, self.labels = self.inputs(self.batch)
+
+  def inputs(self, batch: int) -> tuple[jax.Array, jax.Array]:
+    """Random uint8 images and labels (a tenth ignored), (B, S, S, 3) and (B, S, S)."""
+    size = self.config.clip.image_size
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, len(self.class_indices), (batch, size, size)).astype(np.uint8)
+    labels[rng.random(labels.shape) < 0.1] = 255
+    return jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), np.uint8)), jnp.asarray(labels)
+
+  def apply(self, params, method: str, *args):
+    return self.model.apply({"params": zegot.merge_params(params, self.clip_params)}, *args, method=method)
+
+  def state(self, phase: int) -> trainer.TrainState:
+    step = 0 if phase == 1 else self.schedule.phase1_steps
+    return trainer.TrainState(step=jnp.asarray(step, jnp.int32), params=self.params,
+                              opt_state=self.optimizer.init(self.params), teacher=self.params)
+
+  def train_step(self) -> Callable:
+    step = trainer.make_train_step(self.model, self.optimizer, self.lr_schedule, self.schedule, self.unseen)
+    return lambda state, images, labels: step(state, self.clip_params, self.tokens, images, labels)
+
+
+class Row(NamedTuple):
+  part: str
+  cost: Cost
+  seconds: float
+  nested: bool = False  # a share of the row above it ("of which ..."), not a part of its own
+
+
+def loop_corrected(cost: Cost, bench: Bench, problems: int, iterations: int, calls: int = 1) -> Cost:
+  """`cost` with the batched Sinkhorn's while loop counted once per block it ran (XLA counts its body once)."""
+  sk = bench.model_config.sinkhorn
+  if bench.model_config.matching not in ("mpot", "bipartite") or sk.solver != "batched":
+    return cost
+  m = (bench.config.clip.image_size // 16) ** 2
+  n = bench.model_config.n_prompts
+  kernel = jax.ShapeDtypeStruct((problems, m, n), jnp.float32)
+  state = sinkhorn.Scalings(jax.ShapeDtypeStruct((problems, m), jnp.float32),
+                            jax.ShapeDtypeStruct((problems, n), jnp.float32), jax.ShapeDtypeStruct((problems,), bool),
+                            jax.ShapeDtypeStruct((problems,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
+  block = xla_cost(lambda k, s: sinkhorn.batched_block(k, s, sk), kernel, state)
+  blocks = -(-iterations // sk.inner_iterations)
+  return cost + block * ((blocks - 1) * calls)
+
+
+def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str, Any]]:
+  """The parts of one step, each measured alone, in the order the step runs them."""
+  params, images, labels = bench.params, bench.images, bench.labels
+  rows = []
+
+  def part(name, fn, *args, iterations=None, problems=0, calls=1):
+    cost = xla_cost(fn, *args)
+    if iterations is not None:
+      cost = loop_corrected(cost, bench, problems, iterations, calls)
+    rows.append(Row(name, cost, best_time(fn, *args, repeats=repeats)))
+    return jax.jit(fn)(*args)
+
+  features = part("image tower", lambda im: bench.apply(params, "encode_images", im), images)
+  text = part("text tower", lambda p: bench.apply(p, "encode_classes", bench.tokens), params)
+  scores, g_ga = part("GA + DFA", lambda p, f, t: bench.apply(p, "align", f, t), params, features, text)
+  _, _, iters = jax.jit(lambda p, s, f, g: bench.apply(p, "match", s, f, g))(params, scores, features.f, g_ga)
+  iterations = None if iters is None else int(np.asarray(iters).max())
+  problems = int(np.prod(scores.shape[:3])) * scores.shape[-2]  # (d, B, ..., K, N): one per layer, image, class
+  match = lambda s: bench.apply(params, "match", s, features.f, g_ga)[0]  # noqa: E731
+  refined = part("MPOT", match, scores, iterations=iterations, problems=problems)
+  size = features.image_size
+  out, _ = part("fusion + decoder", lambda p, s, r: bench.apply(p, "head", s, r, size), params, scores, refined)
+  info = dict(sinkhorn_iterations=iters, problems=problems)
+  if mode == "eval":
+    return rows, info
+
+  labels32 = selftrain.ignore_unlabelled(labels.astype(jnp.int32))
+
+  def losses(o):
+    return segmentation_loss(o.score_logits, labels32).total + segmentation_loss(o.decoder_logits, labels32).total
+
+  part("losses", losses, out)
+
+  def backward(name, fn, *args):  # (forward + backward) − forward; XLA's loop counts cancel in the difference
+    both = jax.value_and_grad(lambda *a: jnp.sum(fn(*a)))
+    rows.append(Row(name, xla_cost(both, *args) - xla_cost(fn, *args),
+                    max(best_time(both, *args, repeats=repeats) - best_time(fn, *args, repeats=repeats), 0.0)))
+
+  def loss_fn(p):  # the trainable part of the step, as trainer.make_train_step has it
+    out, _ = bench.apply(p, "decode", features, bench.apply(p, "encode_classes", bench.tokens))
+    return losses(out)
+
+  backward("backward, all of it", loss_fn, params)
+  if iterations is not None:
+    weights = jax.random.normal(jax.random.key(1), scores.shape)  # a cotangent for the refined maps
+    backward("of which MPOT's backward", lambda s: match(s) * weights, scores)
+    rows[-1] = rows[-1]._replace(nested=True)
+  grads = jax.jit(jax.grad(loss_fn))(params)
+  opt_state = bench.optimizer.init(params)
+  part("optimizer update (AdamW)",
+       lambda g, s, p: optax.apply_updates(p, bench.optimizer.update(g, s, p)[0]), grads, opt_state, params)
+
+  def teacher(p):  # phase 2: Algorithm 2, line 11
+    out, _ = bench.apply(p, "decode", features, bench.apply(p, "encode_classes", bench.tokens))
+    return selftrain.pseudo_label(labels.astype(jnp.int32), out.logits, bench.unseen)
+
+  part("teacher (phase 2 only)", teacher, params, iterations=iterations, problems=problems)
+  if iterations is not None:
+    mpot = next(r for r in rows if r.part == "MPOT")  # the teacher solves the same problems again
+    rows.append(Row("of which the teacher's MPOT", mpot.cost, mpot.seconds, nested=True))
+  return rows, info
+
+
+def whole_step(bench: Bench, mode: str, repeats: int) -> dict[str, float]:
+  """{step: seconds} of the whole jitted step (train: phase 1, and phase 2 with its teacher)."""
+  if mode == "eval":
+    text = jax.jit(lambda p: bench.apply(p, "encode_classes", bench.tokens))(bench.params)
+    fn = lambda im: bench.apply(bench.params, "segment", im, text)[0].logits  # noqa: E731
+    return {"eval forward": best_time(fn, bench.images, repeats=repeats)}
+  step = bench.train_step()
+  return {f"train step, phase {phase}": best_time(lambda s: step(s, bench.images, bench.labels), bench.state(phase),
+                                                  repeats=repeats) for phase in (1, 2)}
+
+
+def step_memory(bench: Bench, mode: str, batch: int) -> int:
+  images, labels = (jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype) for x in (bench.images, bench.labels))
+  if mode == "eval":
+    text = jax.ShapeDtypeStruct((len(bench.class_indices), bench.model_config.n_prompts,
+                                 bench.model.clip_config.projection_dim), jnp.float32)
+    return peak_memory(lambda im, t: bench.apply(bench.params, "segment", im, t)[0].logits, images, text)
+  return peak_memory(bench.train_step(), bench.state(2), images, labels, donate=(0,))
+
+
+def format_report(bench: Bench, mode: str, rows: list[Row], whole: dict[str, float], memory: dict[int, int],
+                  info: dict) -> str:
+  device = jax.devices()[0]
+  c, mc = bench.config, bench.model_config
+  iters = info["sinkhorn_iterations"]
+  lines = [f"ZegOT {mode} step, {c.dataset} ({len(bench.class_indices)} classes, {c.setting}), batch {bench.batch} × "
+           f"{c.clip.image_size}², ViT-B/16 (random), N = {mc.n_prompts}, DFA layers {tuple(mc.dfa_layers)}, "
+           f"{jnp.dtype(bench.dtype).name}; measured on {device.device_kind} ({device.platform})"]
+  if iters is not None:
+    lines.append(f"MPOT: {info['problems']} problems, solver {mc.sinkhorn.solver}, gradient {mc.sinkhorn.gradient}; "
+                 f"Sinkhorn iterations max {int(np.max(iters))}, mean {float(np.mean(iters)):.1f}")
+  names = list(ROOFLINES)
+  roofs = lambda cost: " | ".join(f"{1e3 * roofline(cost, *ROOFLINES[n]):,.2f}" for n in names)  # noqa: E731
+  lines += ["", "| part | GFLOP | GB accessed | time here (ms) | " + " | ".join(f"{n} roofline (ms)" for n in names)
+            + " |", "|---|---|---|---|" + "---|" * len(names)]
+  for r in rows:
+    name = f"  {r.part}" if r.nested else r.part
+    lines.append(f"| {name} | {r.cost.flops / 1e9:,.1f} | {r.cost.bytes / 1e9:,.2f} | {1e3 * r.seconds:,.0f} | "
+                 f"{roofs(r.cost)} |")
+  parts = [r for r in rows if not r.nested]
+  steps = {"eval forward": parts} if mode == "eval" else {
+      "train step, phase 1": [r for r in parts if not r.part.startswith("teacher")], "train step, phase 2": parts}
+  mpot_parts = {"MPOT", "of which MPOT's backward"} | ({"of which the teacher's MPOT"} if mode == "train" else set())
+  def roof(members, n):  # each part at its own roofline, one after another
+    return sum(roofline(r.cost, *ROOFLINES[n]) for r in members)
+
+  for name, members in steps.items():
+    cost = sum((r.cost for r in members), Cost(0.0, 0.0))
+    lines.append(f"| **{name}**: parts summed; time: the whole jitted step | {cost.flops / 1e9:,.1f} | "
+                 f"{cost.bytes / 1e9:,.2f} | {1e3 * whole[name]:,.0f} | "
+                 + " | ".join(f"{1e3 * roof(members, n):,.2f}" for n in names) + " |")
+  lines.append("")
+  for name, members in steps.items():
+    if iters is None:
+      break
+    in_step = [r for r in rows if r.part in mpot_parts and (r.part != "of which the teacher's MPOT" or
+                                                            name.endswith("2"))]
+    shares = ", ".join(f"{n} {100 * roof(in_step, n) / roof(members, n):.1f}%" for n in names)
+    lines.append(f"MPOT's share of the {name} at the roofline ({' + '.join(r.part.replace('of which ', '') for r in in_step)}): {shares}")
+  lines += [f"peak memory per device, {mode} step at batch {b}: {m / 2**30:.2f} GiB (XLA's memory analysis on "
+            f"{device.platform})" for b, m in memory.items()]
+  lines.append("roofline peaks: " + "; ".join(f"{n}: {f / 1e12:.0f} TFLOP/s bf16 dense, {bw / 1e12:.2f} TB/s HBM"
+                                              for n, (f, bw) in ROOFLINES.items()))
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  trainer.validate(config)
+  dtype = jnp.dtype(_DTYPE.value or config.clip.dtype)
+  mode = _MODE.value
+  bench = Bench(config, _BATCH.value or config.train.batch_size, dtype)
+  rows, info = account(bench, mode, _REPEATS.value)
+  whole = whole_step(bench, mode, _REPEATS.value)
+  memory = {int(b): step_memory(bench, mode, int(b)) for b in _MEMORY_BATCHES.value}
+  print(format_report(bench, mode, rows, whole, memory, info))
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  errors.run(main)
