@@ -119,15 +119,23 @@ class Bench:
     self.images, self.labels = self.inputs(self.batch)
 
   def inputs(self, batch: int) -> tuple[jax.Array, jax.Array]:
-    """Random uint8 images and labels (a tenth ignored), (B, S, S, 3) and (B, S, S)."""
+    """Random uint8 images and labels, (B, S, S, 3) and (B, S, S): a tenth of the pixels ignored, and in the
+    transductive setting a tenth unlabelled (the unseen classes' pixels, which phase 2 pseudo-labels)."""
     size = self.config.clip.image_size
     rng = np.random.default_rng(0)
     labels = rng.integers(0, len(self.class_indices), (batch, size, size)).astype(np.uint8)
-    labels[rng.random(labels.shape) < 0.1] = 255
+    draw = rng.random(labels.shape)
+    labels[draw < 0.1] = classes_lib.IGNORE_INDEX
+    if self.unseen:
+      labels[(draw >= 0.1) & (draw < 0.2)] = classes_lib.UNLABELLED
     return jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), np.uint8)), jnp.asarray(labels)
 
-  def apply(self, params, method: str, *args):
-    return self.model.apply({"params": zegot.merge_params(params, self.clip_params)}, *args, method=method)
+  def apply(self, params, clip_params, method: str, *args):
+    return self.model.apply({"params": zegot.merge_params(params, clip_params)}, *args, method=method)
+
+  def features(self, f, f_bar) -> zegot.ImageFeatures:
+    size = self.config.clip.image_size
+    return zegot.ImageFeatures(f, f_bar, (size, size))  # the image size stays static
 
   def state(self, phase: int) -> trainer.TrainState:
     step = 0 if phase == 1 else self.schedule.phase1_steps
@@ -135,8 +143,8 @@ class Bench:
                               opt_state=self.optimizer.init(self.params), teacher=self.params)
 
   def train_step(self) -> Callable:
-    step = trainer.make_train_step(self.model, self.optimizer, self.lr_schedule, self.schedule, self.unseen)
-    return lambda state, images, labels: step(state, self.clip_params, self.tokens, images, labels)
+    """(state, clip_params, tokens, images, labels) → (state, metrics): the trainer's own step."""
+    return trainer.make_train_step(self.model, self.optimizer, self.lr_schedule, self.schedule, self.unseen)
 
 
 class Row(NamedTuple):
@@ -163,86 +171,94 @@ def loop_corrected(cost: Cost, bench: Bench, problems: int, iterations: int, cal
 
 
 def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str, Any]]:
-  """The parts of one step, each measured alone, in the order the step runs them."""
-  params, images, labels = bench.params, bench.images, bench.labels
+  """The parts of one step, each jitted and measured alone, in the order the step runs them. Every array is an
+  argument (a closed-over array would be a compile-time constant that XLA may fold away)."""
+  params, clip, tokens, images, labels = bench.params, bench.clip_params, bench.tokens, bench.images, bench.labels
+  apply = bench.apply
   rows = []
 
-  def part(name, fn, *args, iterations=None, problems=0, calls=1):
+  def part(name, fn, *args, iterations=None, problems=0):
     cost = xla_cost(fn, *args)
     if iterations is not None:
-      cost = loop_corrected(cost, bench, problems, iterations, calls)
+      cost = loop_corrected(cost, bench, problems, iterations)
     rows.append(Row(name, cost, best_time(fn, *args, repeats=repeats)))
     return jax.jit(fn)(*args)
 
-  features = part("image tower", lambda im: bench.apply(params, "encode_images", im), images)
-  text = part("text tower", lambda p: bench.apply(p, "encode_classes", bench.tokens), params)
-  scores, g_ga = part("GA + DFA", lambda p, f, t: bench.apply(p, "align", f, t), params, features, text)
-  _, _, iters = jax.jit(lambda p, s, f, g: bench.apply(p, "match", s, f, g))(params, scores, features.f, g_ga)
+  features = part("image tower", lambda c, im: apply(params, c, "encode_images", im), clip, images)
+  f, f_bar = features.f, features.f_bar
+  text = part("text tower", lambda p, c, t: apply(p, c, "encode_classes", t), params, clip, tokens)
+  scores, g_ga = part("GA + DFA", lambda p, c, f, fb, t: apply(p, c, "align", bench.features(f, fb), t),
+                      params, clip, f, f_bar, text)
+  match = lambda p, c, s, f, g: apply(p, c, "match", s, f, g)[0]  # noqa: E731
+  _, _, iters = jax.jit(lambda p, c, s, f, g: apply(p, c, "match", s, f, g))(params, clip, scores, f, g_ga)
   iterations = None if iters is None else int(np.asarray(iters).max())
-  problems = int(np.prod(scores.shape[:3])) * scores.shape[-2]  # (d, B, ..., K, N): one per layer, image, class
-  match = lambda s: bench.apply(params, "match", s, features.f, g_ga)[0]  # noqa: E731
-  refined = part("MPOT", match, scores, iterations=iterations, problems=problems)
+  problems = int(np.prod(scores.shape[:-1])) // (scores.shape[2] * scores.shape[3])  # layers × images × classes
+  refined = part("MPOT", match, params, clip, scores, f, g_ga, iterations=iterations, problems=problems)
   size = features.image_size
-  out, _ = part("fusion + decoder", lambda p, s, r: bench.apply(p, "head", s, r, size), params, scores, refined)
+  out, _ = part("fusion + decoder", lambda p, c, s, r: apply(p, c, "head", s, r, size), params, clip, scores, refined)
   info = dict(sinkhorn_iterations=iters, problems=problems)
   if mode == "eval":
     return rows, info
 
-  labels32 = selftrain.ignore_unlabelled(labels.astype(jnp.int32))
+  def losses(o, y):
+    y = selftrain.ignore_unlabelled(y.astype(jnp.int32))
+    return segmentation_loss(o.score_logits, y).total + segmentation_loss(o.decoder_logits, y).total
 
-  def losses(o):
-    return segmentation_loss(o.score_logits, labels32).total + segmentation_loss(o.decoder_logits, labels32).total
-
-  part("losses", losses, out)
+  part("losses", losses, out, labels)
 
   def backward(name, fn, *args):  # (forward + backward) − forward; XLA's loop counts cancel in the difference
     both = jax.value_and_grad(lambda *a: jnp.sum(fn(*a)))
     rows.append(Row(name, xla_cost(both, *args) - xla_cost(fn, *args),
-                    max(best_time(both, *args, repeats=repeats) - best_time(fn, *args, repeats=repeats), 0.0)))
+                    max(best_time(both, *args, repeats=repeats) - best_time(fn, *args, repeats=repeats), 0.0),
+                    nested=name.startswith("of which")))
 
-  def loss_fn(p):  # the trainable part of the step, as trainer.make_train_step has it
-    out, _ = bench.apply(p, "decode", features, bench.apply(p, "encode_classes", bench.tokens))
-    return losses(out)
+  def loss_fn(p, c, t, f, fb, y):  # the trainable part of the step, as trainer.make_train_step has it
+    out, _ = apply(p, c, "decode", bench.features(f, fb), apply(p, c, "encode_classes", t))
+    return losses(out, y)
 
-  backward("backward, all of it", loss_fn, params)
+  backward("backward, all of it", loss_fn, params, clip, tokens, f, f_bar, labels)
   if iterations is not None:
     weights = jax.random.normal(jax.random.key(1), scores.shape)  # a cotangent for the refined maps
-    backward("of which MPOT's backward", lambda s: match(s) * weights, scores)
-    rows[-1] = rows[-1]._replace(nested=True)
-  grads = jax.jit(jax.grad(loss_fn))(params)
-  opt_state = bench.optimizer.init(params)
+    backward("of which MPOT's backward", lambda s, p, c, f, g, w: match(p, c, s, f, g) * w,
+             scores, params, clip, f, g_ga, weights)
+  grads = jax.jit(jax.grad(loss_fn))(params, clip, tokens, f, f_bar, labels)
   part("optimizer update (AdamW)",
-       lambda g, s, p: optax.apply_updates(p, bench.optimizer.update(g, s, p)[0]), grads, opt_state, params)
+       lambda g, s, p: optax.apply_updates(p, bench.optimizer.update(g, s, p)[0]),
+       grads, bench.optimizer.init(params), params)
 
-  def teacher(p):  # phase 2: Algorithm 2, line 11
-    out, _ = bench.apply(p, "decode", features, bench.apply(p, "encode_classes", bench.tokens))
-    return selftrain.pseudo_label(labels.astype(jnp.int32), out.logits, bench.unseen)
+  def teacher(p, c, t, f, fb, y):  # phase 2: Algorithm 2, line 11
+    out, _ = apply(p, c, "decode", bench.features(f, fb), apply(p, c, "encode_classes", t))
+    return selftrain.pseudo_label(y.astype(jnp.int32), out.logits, bench.unseen)
 
-  part("teacher (phase 2 only)", teacher, params, iterations=iterations, problems=problems)
-  if iterations is not None:
-    mpot = next(r for r in rows if r.part == "MPOT")  # the teacher solves the same problems again
-    rows.append(Row("of which the teacher's MPOT", mpot.cost, mpot.seconds, nested=True))
+  if bench.unseen:
+    part("teacher (phase 2 only)", teacher, params, clip, tokens, f, f_bar, labels, iterations=iterations,
+         problems=problems)
+    if iterations is not None:
+      mpot = next(r for r in rows if r.part == "MPOT")  # the teacher solves the same problems again
+      rows.append(Row("of which the teacher's MPOT", mpot.cost, mpot.seconds, nested=True))
   return rows, info
 
 
 def whole_step(bench: Bench, mode: str, repeats: int) -> dict[str, float]:
-  """{step: seconds} of the whole jitted step (train: phase 1, and phase 2 with its teacher)."""
+  """{step: seconds} of the whole jitted step (train: phase 1, and phase 2 with its teacher when there is one)."""
+  clip, tokens, images, labels = bench.clip_params, bench.tokens, bench.images, bench.labels
   if mode == "eval":
-    text = jax.jit(lambda p: bench.apply(p, "encode_classes", bench.tokens))(bench.params)
-    fn = lambda im: bench.apply(bench.params, "segment", im, text)[0].logits  # noqa: E731
-    return {"eval forward": best_time(fn, bench.images, repeats=repeats)}
+    fn = lambda p, c, t, im: bench.apply(p, c, "__call__", im, t)[0].logits  # noqa: E731
+    return {"eval forward": best_time(fn, bench.params, clip, tokens, images, repeats=repeats)}
   step = bench.train_step()
-  return {f"train step, phase {phase}": best_time(lambda s: step(s, bench.images, bench.labels), bench.state(phase),
-                                                  repeats=repeats) for phase in (1, 2)}
+  phases = (1, 2) if bench.unseen else (1,)
+  return {f"train step, phase {phase}": best_time(step, bench.state(phase), clip, tokens, images, labels,
+                                                  repeats=repeats) for phase in phases}
 
 
 def step_memory(bench: Bench, mode: str, batch: int) -> int:
+  """Peak bytes per device of the whole step at `batch` images (compiled, not run)."""
   images, labels = (jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype) for x in (bench.images, bench.labels))
   if mode == "eval":
-    text = jax.ShapeDtypeStruct((len(bench.class_indices), bench.model_config.n_prompts,
-                                 bench.model.clip_config.projection_dim), jnp.float32)
-    return peak_memory(lambda im, t: bench.apply(bench.params, "segment", im, t)[0].logits, images, text)
-  return peak_memory(bench.train_step(), bench.state(2), images, labels, donate=(0,))
+    return peak_memory(lambda p, c, t, im: bench.apply(p, c, "__call__", im, t)[0].logits,
+                       bench.params, bench.clip_params, bench.tokens, images)
+  return peak_memory(bench.train_step(), bench.state(2), bench.clip_params, bench.tokens, images, labels,
+                     donate=(0,))
 
 
 def format_report(bench: Bench, mode: str, rows: list[Row], whole: dict[str, float], memory: dict[int, int],
@@ -267,6 +283,7 @@ def format_report(bench: Bench, mode: str, rows: list[Row], whole: dict[str, flo
   parts = [r for r in rows if not r.nested]
   steps = {"eval forward": parts} if mode == "eval" else {
       "train step, phase 1": [r for r in parts if not r.part.startswith("teacher")], "train step, phase 2": parts}
+  steps = {name: members for name, members in steps.items() if name in whole}
   mpot_parts = {"MPOT", "of which MPOT's backward"} | ({"of which the teacher's MPOT"} if mode == "train" else set())
   def roof(members, n):  # each part at its own roofline, one after another
     return sum(roofline(r.cost, *ROOFLINES[n]) for r in members)
