@@ -154,20 +154,20 @@ class Row(NamedTuple):
   nested: bool = False  # a share of the row above it ("of which ..."), not a part of its own
 
 
-def loop_corrected(cost: Cost, bench: Bench, problems: int, iterations: int, calls: int = 1) -> Cost:
-  """`cost` with the batched Sinkhorn's while loop counted once per block it ran (XLA counts its body once)."""
-  sk = bench.model_config.sinkhorn
-  if bench.model_config.matching not in ("mpot", "bipartite") or sk.solver != "batched":
+def loop_corrected(cost: Cost, config: sinkhorn.SinkhornConfig, shape: tuple[int, int, int],
+                   iterations: int) -> Cost:
+  """`cost` of a batched Sinkhorn solve of `shape` (P, M, N) problems that ran `iterations` iterations, with its
+  while loop counted once per block (XLA counts the body once). Other solvers are returned as XLA counts them."""
+  if config.solver != "batched":
     return cost
-  m = (bench.config.clip.image_size // 16) ** 2
-  n = bench.model_config.n_prompts
-  kernel = jax.ShapeDtypeStruct((problems, m, n), jnp.float32)
-  state = sinkhorn.Scalings(jax.ShapeDtypeStruct((problems, m), jnp.float32),
-                            jax.ShapeDtypeStruct((problems, n), jnp.float32), jax.ShapeDtypeStruct((problems,), bool),
-                            jax.ShapeDtypeStruct((problems,), jnp.int32), jax.ShapeDtypeStruct((), jnp.int32))
-  block = xla_cost(lambda k, s: sinkhorn.batched_block(k, s, sk), kernel, state)
-  blocks = -(-iterations // sk.inner_iterations)
-  return cost + block * ((blocks - 1) * calls)
+  p, m, n = shape
+  kernel = jax.ShapeDtypeStruct((p, m, n), jnp.float32)
+  state = sinkhorn.Scalings(jax.ShapeDtypeStruct((p, m), jnp.float32), jax.ShapeDtypeStruct((p, n), jnp.float32),
+                            jax.ShapeDtypeStruct((p,), bool), jax.ShapeDtypeStruct((p,), jnp.int32),
+                            jax.ShapeDtypeStruct((), jnp.int32))
+  block = xla_cost(lambda k, s: sinkhorn.batched_block(k, s, config), kernel, state)
+  blocks = -(-iterations // config.inner_iterations)
+  return cost + block * (blocks - 1)
 
 
 def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str, Any]]:
@@ -179,8 +179,9 @@ def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str,
 
   def part(name, fn, *args, iterations=None, problems=0):
     cost = xla_cost(fn, *args)
-    if iterations is not None:
-      cost = loop_corrected(cost, bench, problems, iterations)
+    if iterations is not None and bench.model_config.matching in ("mpot", "bipartite"):
+      m, n = scores.shape[2] * scores.shape[3], scores.shape[-1]
+      cost = loop_corrected(cost, bench.model_config.sinkhorn, (problems, m, n), iterations)
     rows.append(Row(name, cost, best_time(fn, *args, repeats=repeats)))
     return jax.jit(fn)(*args)
 

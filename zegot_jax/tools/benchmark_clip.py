@@ -1,0 +1,135 @@
+r"""Our Flax CLIP towers against transformers' PyTorch `CLIPModel` (sdpa attention), same weights, in one run.
+
+  python -m zegot_jax.tools.benchmark_clip                       # float32 and bfloat16; 224² × 4 and 512² × 1
+  python -m zegot_jax.tools.benchmark_clip --dtypes float32 --repeats 10
+
+Both load one random checkpoint with openai/clip-vit-base-patch16's shapes (written by transformers, read by our
+`from_pretrained`). Image tower: the pooled, projected embedding of a batch (transformers with
+`interpolate_pos_encoding` above 224²). Text tower: --prompts prompts padded to 77 tokens with their attention
+mask. Calls alternate between the two, after one warm-up call each; the median of --repeats is reported. The
+outputs are compared too (relative error), so a fast wrong answer shows. Needs torch (the `test` extra).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import statistics
+import tempfile
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from zegot_jax import errors
+from zegot_jax.models import clip_checkpoint, prompts
+from zegot_jax.models.clip import CLIP
+from zegot_jax.models.clip_reference import random_torch_clip, save_with_tokenizer
+
+_DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "compute dtypes to compare")
+_IMAGES = flags.DEFINE_list("images", ["224x4", "512x1"], "image tower inputs, SIZExBATCH")
+_PROMPTS = flags.DEFINE_integer("prompts", 80, "text tower batch (e.g. 20 classes × 4 prompts)", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "timed calls per side and input", lower_bound=1)
+
+
+def vit_b16_checkpoint(directory: pathlib.Path) -> pathlib.Path:
+  """A random transformers checkpoint with ViT-B/16's shapes and the byte-level tokenizer."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  tokenizer = prompts.byte_level_tokenizer()
+  config = transformers.CLIPConfig(
+      text_config=dict(vocab_size=len(tokenizer), hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
+                       num_attention_heads=8, eos_token_id=tokenizer.eos_token_id,
+                       bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id),
+      vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                         image_size=224, patch_size=16),
+      projection_dim=512)
+  return save_with_tokenizer(random_torch_clip(config, scale=0.02), directory)
+
+
+def median_times(calls: dict[str, callable], repeats: int) -> dict[str, float]:
+  """Median seconds of each zero-argument call, the calls interleaved so that load drifts hit all alike."""
+  for call in calls.values():
+    call()
+  times = {name: [] for name in calls}
+  for _ in range(repeats):
+    for name, call in calls.items():
+      start = time.perf_counter()
+      call()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
+def relative_error(ours, reference) -> float:
+  ours, reference = np.asarray(ours, np.float64), np.asarray(reference, np.float64)
+  return float(np.linalg.norm(ours - reference) / np.linalg.norm(reference))
+
+
+def main(argv):
+  del argv
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    directory = vit_b16_checkpoint(pathlib.Path(tmp))
+    tokenizer = prompts.load_tokenizer(directory)
+    names = [f"a photo of a class number {i}." for i in range(_PROMPTS.value)]
+    encoded = tokenizer(names, padding="max_length", max_length=77, return_tensors="np")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    for dtype_name in _DTYPES.value:
+      torch_dtype = getattr(torch, dtype_name)
+      reference = transformers.CLIPModel.from_pretrained(directory, attn_implementation="sdpa",
+                                                         dtype=torch_dtype).eval()
+      for spec in _IMAGES.value:
+        size, batch = (int(x) for x in spec.split("x"))
+        loaded = clip_checkpoint.from_pretrained(directory, image_size=size, dtype=jnp.dtype(dtype_name))
+        model = CLIP(loaded.config, dtype=jnp.dtype(dtype_name))
+        pixels = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
+        ours_fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=CLIP.encode_image).image_embeds)
+        px = jnp.asarray(pixels)
+        px_torch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).to(torch_dtype)
+
+        def ours():
+          return jax.block_until_ready(ours_fn(loaded.params, px))
+
+        def theirs():
+          with torch.inference_mode():
+            return reference.get_image_features(pixel_values=px_torch, interpolate_pos_encoding=size != 224)
+
+        times = median_times({"ours": ours, "torch": theirs}, _REPEATS.value)
+        error = relative_error(ours().astype(jnp.float32), _pooled(theirs()).float().numpy())
+        rows.append((f"image tower {size}² × {batch}", dtype_name, times, error))
+      text_fn = jax.jit(lambda p, i, m: model.apply({"params": p}, i, m, method=CLIP.encode_text).text_embeds)
+      ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
+      ids_t, mask_t = torch.from_numpy(ids.astype(np.int64)), torch.from_numpy(mask.astype(np.int64))
+
+      def ours_text():
+        return jax.block_until_ready(text_fn(loaded.params, ids_j, mask_j))
+
+      def theirs_text():
+        with torch.inference_mode():
+          return reference.get_text_features(input_ids=ids_t, attention_mask=mask_t)
+
+      times = median_times({"ours": ours_text, "torch": theirs_text}, _REPEATS.value)
+      error = relative_error(ours_text().astype(jnp.float32), _pooled(theirs_text()).float().numpy())
+      rows.append((f"text tower {_PROMPTS.value} × 77 tokens", dtype_name, times, error))
+  device = jax.devices()[0]
+  print(f"Flax CLIP (ours, jax {jax.__version__}, {device.device_kind}) against transformers {transformers.__version__} "
+        f"CLIPModel (torch {torch.__version__}, sdpa, {torch.get_num_threads()} threads); ViT-B/16 shapes, "
+        f"medians of {_REPEATS.value} interleaved calls")
+  print("| input | dtype | ours (ms) | PyTorch (ms) | ours faster by | relative difference |\n|---|---|---|---|---|---|")
+  for what, dtype_name, times, error in rows:
+    print(f"| {what} | {dtype_name} | {1e3 * times['ours']:,.1f} | {1e3 * times['torch']:,.1f} | "
+          f"{times['torch'] / times['ours']:.2f}× | {error:.1e} |")
+
+
+def _pooled(output):
+  """transformers 5 returns a model output from get_*_features where 4 returned the tensor."""
+  return getattr(output, "pooler_output", output)
+
+
+if __name__ == "__main__":
+  errors.run(main)
