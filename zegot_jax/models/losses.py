@@ -3,6 +3,10 @@
 Only labelled pixels count (label != ignore_index). Labels are class indices into the K classes of the logits;
 each pixel's target is the one-hot vector of its class. Everything is computed in float32.
 
+The one-hot target is never built: every term is a sum over classes of its y = 0 form, corrected at the pixel's
+own class (one gather of the logit there), and dice's per-class sums over y are a scatter-add over the labels.
+The logits (B, H, W, K) are read in one fused pass; tests/models/test_losses.py holds this to the one-hot form.
+
 Reductions (the paper's eqs. 13-15 leave them open):
   * BCE and focal: mean over labelled pixels and over the K classes;
   * dice: per class over all labelled pixels of the batch, 1 − (2Σ y·p + 1) / (Σ y² + Σ p² + 1), then the mean
@@ -38,20 +42,27 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, *, weights: LossWeig
   """logits (B, H, W, K), labels (B, H, W) int → L_seg and its terms (eqs. 13-15)."""
   k = logits.shape[-1]
   x = logits.astype(jnp.float32)
-  valid = (labels != ignore_index)[..., None].astype(jnp.float32)  # (B, H, W, 1)
-  y = jax.nn.one_hot(jnp.where(labels == ignore_index, 0, labels), k, dtype=jnp.float32)  # (B, H, W, K)
-  n_valid = jnp.maximum(valid.sum(), 1.0)
+  valid = labels != ignore_index  # (B, H, W)
+  label = jnp.where(valid, labels, 0).astype(jnp.int32)
+  n_valid = jnp.maximum(valid.sum(), 1).astype(jnp.float32)
 
-  log_p, log_not_p = jax.nn.log_sigmoid(x), jax.nn.log_sigmoid(-x)  # log σ(x), log(1 − σ(x)), stable
-  p = jax.nn.sigmoid(x)
-  bce = -(y * log_p + (1 - y) * log_not_p)  # eq. 13
-  focal = -(y * (1 - p) ** gamma * log_p + (1 - y) * p**gamma * log_not_p)  # eq. 14
-  bce = (bce * valid).sum() / (n_valid * k)
-  focal = (focal * valid).sum() / (n_valid * k)
+  def terms(x):
+    """(BCE, focal) of a logit against targets 0 and 1 (eqs. 13, 14), and p = σ(x)."""
+    log_p, log_not_p = jax.nn.log_sigmoid(x), jax.nn.log_sigmoid(-x)  # log σ(x), log(1 − σ(x)), stable
+    p = jax.nn.sigmoid(x)
+    return (-log_not_p, -log_p), (-(p**gamma) * log_not_p, -((1 - p) ** gamma) * log_p), p
 
-  pv, yv = p * valid, y * valid
-  reduce = tuple(range(x.ndim - 1))
-  dice_per_class = 1 - (2 * (yv * pv).sum(reduce) + 1) / ((yv**2).sum(reduce) + (pv**2).sum(reduce) + 1)  # eq. 15
-  dice = dice_per_class.mean()
+  (bce0, _), (focal0, _), p = terms(x)  # (B, H, W, K): every class as if y = 0
+  x_own = jnp.take_along_axis(x, label[..., None], axis=-1)[..., 0]  # (B, H, W): the logit of the pixel's class
+  (bce0_own, bce1_own), (focal0_own, focal1_own), p_own = terms(x_own)
+  mask = valid.astype(jnp.float32)
+  bce = ((bce0.sum(-1) + bce1_own - bce0_own) * mask).sum() / (n_valid * k)
+  focal = ((focal0.sum(-1) + focal1_own - focal0_own) * mask).sum() / (n_valid * k)
+
+  # Dice per class over the batch's labelled pixels: Σ y·p and Σ y² by class (scatter-adds), Σ p² (eq. 15).
+  yp = jnp.zeros(k, jnp.float32).at[label.ravel()].add((p_own * mask).ravel())
+  yy = jnp.zeros(k, jnp.float32).at[label.ravel()].add(mask.ravel())
+  pp = ((p * p) * mask[..., None]).sum(tuple(range(x.ndim - 1)))
+  dice = (1 - (2 * yp + 1) / (yy + pp + 1)).mean()
   total = weights.bce * bce + weights.focal * focal + weights.dice * dice
   return SegmentationLoss(total, bce, focal, dice)

@@ -1,47 +1,262 @@
-r"""Build time of `textures_zs3` and throughput of its training pipeline on this machine.
+r"""Throughput of the data pipeline on this machine: training examples/s per CPU core through the full
+augmentation, evaluation examples/s, and where one core spends its time per training example.
 
-  python -m zegot_jax.tools.benchmark_data                 # default config: 2,000 + 300 scenes of 96²
-  python -m zegot_jax.tools.benchmark_data --workers 0,2 --batches 100
+  python -m zegot_jax.tools.benchmark_data --dataset voc12_zs3                 # 300 + 75 images of 500×375
+  python -m zegot_jax.tools.benchmark_data --dataset coco_stuff171_zs3 --count 120 --workers 4
+  python -m zegot_jax.tools.benchmark_data                                      # textures_zs3 (synthetic world)
+
+voc12_zs3 and coco_stuff171_zs3: --count train images (and count // 4 validation images) at the real datasets'
+sizes are written in their download layout to a temporary directory (`make_benchmark_data`) and built through the
+real builder (a partial build), so the JPEGs, label PNGs and array_record files are what training reads.
+textures_zs3 (optionally with a config, textures_zs3/tiny) is built as it is.
+
+Measured:
+- training: `pipeline.train_dataset` (decode, mmseg's augmentation to the dataset's crop, unseen marking,
+  batching), with 0 worker processes and with --workers; after warm-up batches, --batches batches are timed.
+  CPU seconds (this process and its workers, all threads) are measured with the wall time: examples per CPU
+  second is the rate per core (with 0 workers grain still reads on 2 threads, so the process may use more than
+  one core).
+- evaluation: `pipeline.eval_dataset` (decode, resize to the evaluation short side), one core.
+- per stage: the first --stage_examples training examples go through the functions of `augment.py` one by one
+  with a fixed generator, each stage timed alone on one core (milliseconds per example); indented rows split a
+  stage and are not added to the total.
+Then the cores needed to feed --images_per_s training images per second: images_per_s / (examples/s per core).
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
+import os
+import pathlib
 import tempfile
 import time
+from collections.abc import Callable
 
+import numpy as np
+import psutil
+import tensorflow_datasets as tfds
 from absl import flags
 from tqdm import tqdm
 
 from zegot_jax import errors
-from zegot_jax.data import build, pipeline
+from zegot_jax.data import augment, build, pipeline, registry
+from zegot_jax.data.classes import IGNORE_INDEX
+from zegot_jax.tools import make_benchmark_data
 
-_NAME = flags.DEFINE_string("name", "textures_zs3", "dataset (with config) to build")
-_BATCH = flags.DEFINE_integer("batch", 16, "batch size")
-_BATCHES = flags.DEFINE_integer("batches", 100, "batches timed per setting (after 5 warm-up batches)")
-_WORKERS = flags.DEFINE_list("workers", ["0", "2"], "worker process counts to time")
+_DATASET = flags.DEFINE_string("dataset", "textures_zs3", f"{' or '.join(make_benchmark_data.DATASETS)} (a "
+                               f"generated layout, built for the run), or textures_zs3[/config]")
+flags.DEFINE_alias("name", "dataset")
+_COUNT = flags.DEFINE_integer("count", 300, "train images generated (validation: count // 4); not for textures_zs3",
+                              lower_bound=1)
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the generated images, the pipeline and the per-stage generator")
+_BATCH = flags.DEFINE_integer("batch", 16, "batch size", lower_bound=1)
+_BATCHES = flags.DEFINE_integer("batches", 20, "training batches timed per setting, after warm-up", lower_bound=1)
+_WORKERS = flags.DEFINE_integer("workers", 2, "worker processes of the second training measurement (0: none)",
+                                lower_bound=0)
+_EVAL_EXAMPLES = flags.DEFINE_integer("eval_examples", 100, "validation examples timed (at most the split)",
+                                      lower_bound=1)
+_STAGE_EXAMPLES = flags.DEFINE_integer("stage_examples", 50, "training examples in the per-stage breakdown",
+                                       lower_bound=1)
+_IMAGES_PER_S = flags.DEFINE_float("images_per_s", 230.0, "training images/s to feed (about one H100 at the "
+                                   "roofline step rate)", lower_bound=0.0)
+
+
+def cpu_seconds() -> float:
+  """User + system CPU seconds of this process (all threads) and of its live child processes (grain's workers)."""
+  me = psutil.Process()
+  total = sum(me.cpu_times()[:2])
+  for child in me.children(recursive=True):
+    try:
+      total += sum(child.cpu_times()[:2])
+    except psutil.Error:  # a child that has just ended
+      pass
+  return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Rate:
+  examples: int
+  wall_s: float
+  cpu_s: float
+
+  @property
+  def per_s(self) -> float:
+    return self.examples / self.wall_s
+
+  @property
+  def per_core(self) -> float:
+    return self.examples / max(self.cpu_s, 1e-9)
+
+  @property
+  def cores(self) -> float:
+    return self.cpu_s / self.wall_s
+
+
+def _timed(step: Callable[[], None], steps: int, examples_per_step: int, desc: str) -> Rate:
+  cpu, start = cpu_seconds(), time.perf_counter()
+  for _ in tqdm(range(steps), desc=desc, leave=False):
+    step()
+  return Rate(steps * examples_per_step, time.perf_counter() - start, cpu_seconds() - cpu)
+
+
+def time_training(dataset: registry.Dataset, *, workers: int, batch: int, batches: int, seed: int) -> Rate:
+  it = iter(pipeline.train_dataset(dataset.splits["train"], dataset.spec, batch_size=batch, seed=seed,
+                                   process_index=0, process_count=1, num_workers=workers))
+  for _ in range(max(2, 2 * workers)):  # warm-up: workers start (imports) and fill their buffers
+    next(it)
+  return _timed(lambda: next(it), batches, batch, f"training, {workers} workers")
+
+
+def time_eval(dataset: registry.Dataset, examples: int) -> Rate:
+  ds = pipeline.eval_dataset(dataset.splits["validation"], dataset.spec, process_index=0, process_count=1)
+  _ = ds[0]
+  n = min(examples, len(ds))
+  index = iter(range(n))
+  return _timed(lambda: ds[next(index)], n, 1, "evaluation")
+
+
+def stage_breakdown(dataset: registry.Dataset, examples: int, *, batch: int = 16,
+                    seed: int = 0) -> tuple[list[tuple[str, float]], dict]:
+  """[(stage, ms per example)] for the first `examples` training examples, in the order of `augment.train_augment`
+  with `pipeline.TrainAugment`'s settings; rows starting with two spaces split the stage above them. Also facts
+  seen on the way (crop checks per example, image sizes)."""
+  spec, builder = dataset.spec, dataset.builder
+  skip = {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
+  raw = builder.as_data_source(split="train", decoders=skip)  # records read and parsed, not decoded
+  features = builder.info.features
+  crop = (spec.crop_size, spec.crop_size)
+  lut = pipeline.unseen_lut(len(spec.classes), spec.unseen, "transductive")
+  rng = np.random.default_rng(seed)
+  ms: dict[str, float] = collections.defaultdict(float)
+  facts = {"crop_checks": 0, "padded": 0, "rescaled_pixels": 0}
+  checks = augment.crop_satisfies
+
+  def counting_checks(*args, **kwargs):
+    facts["crop_checks"] += 1
+    return checks(*args, **kwargs)
+
+  def timed(stage: str, fn: Callable, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    ms[stage] += (time.perf_counter() - start) * 1e3
+    return out
+
+  image_format = getattr(builder, "IMAGE_FORMAT", "jpeg").upper()
+  n = min(examples, len(raw))
+  outputs = []
+  augment.crop_satisfies = counting_checks  # counts random_crop's checks; restored below
+  try:
+    for i in tqdm(range(n), desc="stages", leave=False):
+      record = timed("read record (array_record, parse)", raw.__getitem__, i)
+      image = timed(f"decode image ({image_format})", features["image"].decode_example_np, record["image"])
+      label = timed("decode label (PNG)", features["label"].decode_example_np, record["label"])[..., 0]
+      image, label = timed("random rescale", augment.random_rescale, rng, image, label, tuple(spec.train_scale),
+                           tuple(spec.train_ratio_range))
+      timed("  of which label (nearest)", augment.resize_label, label, label.shape)  # already at size: a copy
+      facts["rescaled_pixels"] += label.size
+      image, label = timed("random crop (cat_max_ratio checks)", augment.random_crop, rng, image, label, crop, 0.75,
+                           IGNORE_INDEX)
+      image, label = timed("random flip", augment.random_flip, rng, image, label)
+      image = timed("photometric distortion", augment.photometric_distortion, rng, image)
+      timed("  HSV round trip, when drawn (p=0.75)", augment.adjust_saturation_hue, image, 1.2, 5)
+      facts["padded"] += label.shape != crop
+      image, label = timed("pad + contiguous copy", _pad_contiguous, image, label, crop)
+      label = timed("unseen-class LUT", lut.__getitem__, label)
+      outputs.append((image, label))
+      if len(outputs) == batch or i == n - 1:
+        timed("batch (np.stack)", _stack, outputs)
+        outputs = []
+  finally:
+    augment.crop_satisfies = checks
+  # The rescale's label part: the nearest-neighbour resize from the decoded size, timed on the side (above, the
+  # call on an array already at its size is only a copy): redo it from the decoded label, without a generator.
+  ms["  of which label (nearest)"] = _label_resize_ms(raw, features, spec, n, seed)
+  ms["  of which image (bilinear, PIL)"] = ms["random rescale"] - ms["  of which label (nearest)"]
+  facts["examples"] = n
+  order = ["read record (array_record, parse)", f"decode image ({image_format})", "decode label (PNG)",
+           "random rescale", "  of which image (bilinear, PIL)", "  of which label (nearest)",
+           "random crop (cat_max_ratio checks)", "random flip", "photometric distortion",
+           "  HSV round trip, when drawn (p=0.75)", "pad + contiguous copy", "unseen-class LUT", "batch (np.stack)"]
+  return [(stage, ms[stage] / n) for stage in order], facts
+
+
+def _pad_contiguous(image: np.ndarray, label: np.ndarray, crop: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+  image, label = augment.pad_to(image, label, crop, IGNORE_INDEX)
+  return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+def _stack(outputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+  return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])
+
+
+def _label_resize_ms(raw, features, spec, n: int, seed: int) -> float:
+  """Total ms of the label's nearest-neighbour resize to the sizes random_rescale draws (same generator draws)."""
+  rng = np.random.default_rng(seed)
+  low, high = spec.train_ratio_range
+  total = 0.0
+  for i in range(n):
+    label = features["label"].decode_example_np(raw[i]["label"])[..., 0]
+    ratio = rng.random() * (high - low) + low  # random_rescale's draw, on a generator of its own
+    target = int(spec.train_scale[0] * ratio), int(spec.train_scale[1] * ratio)
+    size = augment.rescale_size(label.shape, max(target), min(target))
+    start = time.perf_counter()
+    augment.resize_label(label, size)
+    total += (time.perf_counter() - start) * 1e3
+  return total
+
+
+def prepare(name: str, count: int, seed: int, workdir: pathlib.Path) -> tuple[registry.Dataset, str]:
+  """The dataset built in workdir (its layout generated first when it has a download layout), and what was done."""
+  base, _ = registry.parse_name(name)
+  start = time.perf_counter()
+  if registry.is_synthetic(name):
+    dataset = build.build(name, workdir / "tfds")
+    return dataset, f"built {name} in {time.perf_counter() - start:.1f} s"
+  if base not in make_benchmark_data.DATASETS:
+    raise errors.ConfigError(f"--dataset={name}: no generated layout for it; choose one of "
+                             f"{list(make_benchmark_data.DATASETS)} or a textures_zs3 config")
+  manual = make_benchmark_data.write_layout(base, workdir / "manual", count, seed)
+  written = time.perf_counter() - start
+  start = time.perf_counter()
+  dataset = build.build(name, workdir / "tfds", str(manual), allow_partial=True)
+  return dataset, (f"wrote {make_benchmark_data.jpeg_summary(manual)} in {written:.1f} s; built (partial) in "
+                   f"{time.perf_counter() - start:.1f} s")
 
 
 def main(argv):
   del argv
-  with tempfile.TemporaryDirectory() as data_dir:
-    start = time.perf_counter()
-    dataset = build.build(_NAME.value, data_dir)
-    build_s = time.perf_counter() - start
+  load = os.getloadavg()
+  with tempfile.TemporaryDirectory() as workdir:
+    dataset, done = prepare(_DATASET.value, _COUNT.value, _SEED.value, pathlib.Path(workdir))
+    spec = dataset.spec
     sizes = {k: len(v) for k, v in dataset.splits.items()}
-    rows = []
-    for workers in map(int, _WORKERS.value):
-      it = iter(pipeline.train_dataset(dataset.splits["train"], dataset.spec, batch_size=_BATCH.value, seed=0,
-                                       process_index=0, process_count=1, num_workers=workers))
-      for _ in range(5):
-        next(it)
-      start = time.perf_counter()
-      for _ in tqdm(range(_BATCHES.value), desc=f"{workers} workers", leave=False):
-        next(it)
-      rows.append((workers, _BATCHES.value * _BATCH.value / (time.perf_counter() - start)))
-  print(f"built {_NAME.value} ({sizes}) in {build_s:.1f} s")
-  for workers, rate in rows:
-    print(f"training pipeline, {workers} worker processes: {rate:.0f} examples/s "
-          f"(crop {dataset.spec.crop_size}, batch {_BATCH.value}, full mmseg augmentation)")
+    train = [(w, time_training(dataset, workers=w, batch=_BATCH.value, batches=_BATCHES.value, seed=_SEED.value))
+             for w in sorted({0, _WORKERS.value})]
+    evaluation = time_eval(dataset, _EVAL_EXAMPLES.value)
+    stages, facts = stage_breakdown(dataset, _STAGE_EXAMPLES.value, batch=_BATCH.value, seed=_SEED.value)
+  print(f"\n{_DATASET.value} ({sizes}): {done}")
+  print(f"machine: {os.cpu_count()} CPU cores, load average {load[0]:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end (other processes' load lowers the wall-clock rates)\n")
+  print(f"| pipeline | examples/s | CPU cores busy | examples/s per core |\n|---|---|---|---|")
+  for workers, rate in train:
+    print(f"| training, {workers} worker processes (batch {_BATCH.value}, {rate.examples} examples, crop "
+          f"{spec.crop_size}²) | {rate.per_s:.1f} | {rate.cores:.2f} | {rate.per_core:.1f} |")
+  print(f"| evaluation ({evaluation.examples} examples, short side {spec.eval_short_side}) | "
+        f"{evaluation.per_s:.1f} | {evaluation.cores:.2f} | {evaluation.per_core:.1f} |")
+  total = sum(v for stage, v in stages if not stage.startswith(" "))
+  print(f"\nPer-stage cost on one core, {facts['examples']} training examples, ms per example "
+        f"({facts['crop_checks'] / facts['examples']:.1f} crop checks per example, "
+        f"{facts['padded']} of {facts['examples']} crops padded, rescaled images "
+        f"{facts['rescaled_pixels'] / facts['examples'] / 1e6:.2f} Mpixel on average):\n")
+  print("| stage | ms / example | share |\n|---|---|---|")
+  for stage, value in stages:
+    print(f"| {stage.replace('  ', '↳ ')} | {value:.2f} | {100 * value / total:.0f}% |")
+  print(f"| total | {total:.2f} | 100% → {1e3 / total:.1f} examples/s per core |")
+  per_core = train[0][1].per_core
+  print(f"\nTo feed {_IMAGES_PER_S.value:.0f} training images/s: {_IMAGES_PER_S.value / per_core:.1f} cores at the "
+        f"pipeline's {per_core:.1f} examples/s per core (0 workers), {_IMAGES_PER_S.value * total / 1e3:.1f} cores "
+        f"at the stage sum's {1e3 / total:.1f}.")
 
 
 if __name__ == "__main__":
