@@ -15,7 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from zegot_jax import config_lib, evaluation, from_config, trainer
-from zegot_jax.models import zegot
+from zegot_jax.models import prompts, zegot
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
@@ -90,6 +90,26 @@ def _recording(method, calls):
     calls.append(self)
     return method(self, *args, **kwargs)
   return wrapper
+
+
+def test_the_teacher_keeps_its_own_text_embeddings(data_dir, tmp_path):
+  """The train state carries the teacher's class embeddings instead of running the text tower for the teacher:
+  at a checkpoint where the teacher is frozen (frozen_then_live), they are the teacher's, not the student's."""
+  config = _runlocal(data_dir, steps=4, checkpoint_every=2, teacher="frozen_then_live", live_fraction=0.5, lr=0.05,
+                    warmup_steps=0)
+  trainer.train_and_evaluate(config, tmp_path)  # phase 1 = step 0; frozen at step 1; live from step 2
+  state = _checkpoint(tmp_path, 2)
+  clip = from_config.load_clip(config, tmp_path, create=False)
+  model = from_config.build_model(config, clip)
+  spec = from_config.open_dataset(config).spec
+  tokens = zegot.class_tokens(prompts.load_tokenizer(clip.path), spec.classes, model.config)
+
+  def text(params):
+    return model.apply({"params": zegot.merge_params(params, clip.params)}, tokens, method="encode_classes")
+
+  teacher, student = text(state["teacher"]), text(state["params"])
+  assert float(np.abs(teacher - student).max()) > 1e-3  # the student has moved on
+  np.testing.assert_allclose(state["teacher_text"], teacher, rtol=0, atol=1e-5)
 
 
 def test_checkpoint_that_does_not_match_the_config_is_refused(data_dir, tmp_path):

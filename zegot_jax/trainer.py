@@ -51,6 +51,7 @@ class TrainState:
   params: Any  # trainable: context, Q (global_alignment), decoder
   opt_state: Any
   teacher: Any  # same structure as params: the pseudo-labelling teacher (selftrain.py)
+  teacher_text: jax.Array  # (K, N, D) the teacher's class embeddings g: kept, not recomputed by the teacher
 
 
 # ----------------------------------------------------------------------------------------------- building blocks
@@ -113,6 +114,15 @@ def all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
 
 
+def initial_state(model: zegot.ZegOT, optimizer: optax.GradientTransformation, rng: jax.Array, clip_params: Any,
+                  tokens: jax.Array) -> TrainState:
+  """Step 0: fresh trainable params, which the teacher starts from, and the teacher's text embeddings."""
+  params = zegot.init_trainable(model, rng)
+  text = model.apply({"params": zegot.merge_params(params, clip_params)}, tokens, method="encode_classes")
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), teacher=params,
+                    teacher_text=text)
+
+
 def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
                     schedule: selftrain.Schedule, unseen: list[int]) -> Callable:
   """(state, clip_params, tokens, images, labels) → (state, metrics). Pure; jitted with the state donated."""
@@ -124,9 +134,8 @@ def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation,
     labels = labels.astype(jnp.int32)
     features = apply(state.params, clip_params, images, method="encode_images")  # frozen: once per step
 
-    def teacher_labels():  # Algorithm 2, line 11, with the teacher of the train state
-      text = apply(state.teacher, clip_params, tokens, method="encode_classes")
-      out, _ = apply(state.teacher, clip_params, features, text, method="decode")
+    def teacher_labels():  # Algorithm 2, line 11, with the teacher of the train state and its text embeddings
+      out, _ = apply(state.teacher, clip_params, features, state.teacher_text, method="decode")
       return selftrain.pseudo_label(labels, jax.lax.stop_gradient(out.logits), unseen)
 
     if unseen:
@@ -144,23 +153,28 @@ def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation,
                      focal=score.focal + decoder.focal, dice=score.dice + decoder.dice)
       if aux["sinkhorn_iterations"] is not None:
         metrics["sinkhorn_iterations"] = aux["sinkhorn_iterations"].astype(jnp.float32).mean()
-      return score.total + decoder.total, metrics  # eq. 12
+      return score.total + decoder.total, (metrics, text)  # eq. 12
 
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (metrics, text)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    teacher = selftrain.next_teacher(schedule, state.step, state.teacher, state.params)
+    # The teacher of step + 1 takes these pre-update params or keeps its own; its text embeddings follow it, and
+    # are this step's: the text tower runs once per step, for the student.
+    teacher, teacher_text = selftrain.next_teacher(schedule, state.step, (state.teacher, state.teacher_text),
+                                                   (state.params, jax.lax.stop_gradient(text)))
     labelled = (labels != IGNORE_INDEX).astype(jnp.float32).mean()
     metrics.update(loss=loss, grad_norm=optax.global_norm(grads), lr=lr_schedule(state.step),
                    labelled_fraction=labelled)
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, teacher=teacher), metrics
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, teacher=teacher,
+                         teacher_text=teacher_text), metrics
 
   return train_step
 
 
 def state_to_dict(state: TrainState) -> dict:
   """The train state as a checkpoint's `state` item."""
-  return dict(step=state.step, params=state.params, opt_state=state.opt_state, teacher=state.teacher)
+  return dict(step=state.step, params=state.params, opt_state=state.opt_state, teacher=state.teacher,
+              teacher_text=state.teacher_text)
 
 
 # ----------------------------------------------------------------------------------------------- logging
@@ -274,12 +288,10 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   optimizer, lr_schedule = make_optimizer(config)
   schedule = make_schedule(config)
 
-  def init_state(rng):
-    params = zegot.init_trainable(model, rng)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      teacher=params)
+  def init_state(rng, clip_params, tokens):
+    return initial_state(model, optimizer, rng, clip_params, tokens)
 
-  abstract = jax.eval_shape(init_state, jax.random.key(t.seed))
+  abstract = jax.eval_shape(init_state, jax.random.key(t.seed), clip_params, tokens)
   state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
   clip_shardings = jax.tree_util.tree_map(lambda a: a.sharding, clip_params)
   step_fn = jax.jit(make_train_step(model, optimizer, lr_schedule, schedule, unseen), donate_argnums=(0,),
@@ -297,7 +309,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   start = mngr.latest_step()
   iterator = iter(data)
   if start is None:
-    state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(t.seed))
+    state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(t.seed), clip_params, tokens)
     start = 0
   else:
     target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

@@ -20,6 +20,7 @@ memory analysis (arguments + outputs + temporaries − donated) at the per-devic
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -139,8 +140,9 @@ class Bench:
 
   def state(self, phase: int) -> trainer.TrainState:
     step = 0 if phase == 1 else self.schedule.phase1_steps
-    return trainer.TrainState(step=jnp.asarray(step, jnp.int32), params=self.params,
-                              opt_state=self.optimizer.init(self.params), teacher=self.params)
+    state = jax.jit(functools.partial(trainer.initial_state, self.model, self.optimizer))(
+        jax.random.key(0), self.clip_params, self.tokens)
+    return state.replace(step=jnp.asarray(step, jnp.int32))
 
   def train_step(self) -> Callable:
     """(state, clip_params, tokens, images, labels) → (state, metrics): the trainer's own step."""
@@ -227,12 +229,12 @@ def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str,
        lambda g, s, p: optax.apply_updates(p, bench.optimizer.update(g, s, p)[0]),
        grads, bench.optimizer.init(params), params)
 
-  def teacher(p, c, t, f, fb, y):  # phase 2: Algorithm 2, line 11
-    out, _ = apply(p, c, "decode", bench.features(f, fb), apply(p, c, "encode_classes", t))
+  def teacher(p, c, t, f, fb, y):  # phase 2: Algorithm 2, line 11, with the teacher's kept text embeddings
+    out, _ = apply(p, c, "decode", bench.features(f, fb), t)
     return selftrain.pseudo_label(y.astype(jnp.int32), out.logits, bench.unseen)
 
   if bench.unseen:
-    part("teacher (phase 2 only)", teacher, params, clip, tokens, f, f_bar, labels, iterations=iterations,
+    part("teacher (phase 2 only)", teacher, params, clip, text, f, f_bar, labels, iterations=iterations,
          problems=problems)
     if iterations is not None:
       mpot = next(r for r in rows if r.part == "MPOT")  # the teacher solves the same problems again

@@ -64,9 +64,8 @@ _IMAGES_PER_S = flags.DEFINE_float("images_per_s", 230.0, "training images/s to 
 
 def cpu_seconds() -> float:
   """User + system CPU seconds of this process (all threads) and of its live child processes (grain's workers)."""
-  me = psutil.Process()
-  total = sum(me.cpu_times()[:2])
-  for child in me.children(recursive=True):
+  total = time.process_time()  # nanosecond resolution; psutil's (for the children) has clock ticks
+  for child in psutil.Process().children(recursive=True):
     try:
       total += sum(child.cpu_times()[:2])
     except psutil.Error:  # a child that has just ended
@@ -86,7 +85,7 @@ class Rate:
 
   @property
   def per_core(self) -> float:
-    return self.examples / max(self.cpu_s, 1e-9)
+    return self.examples / self.cpu_s if self.cpu_s > 0 else float("nan")
 
   @property
   def cores(self) -> float:
@@ -103,7 +102,9 @@ def _timed(step: Callable[[], None], steps: int, examples_per_step: int, desc: s
 def time_training(dataset: registry.Dataset, *, workers: int, batch: int, batches: int, seed: int) -> Rate:
   it = iter(pipeline.train_dataset(dataset.splits["train"], dataset.spec, batch_size=batch, seed=seed,
                                    process_index=0, process_count=1, num_workers=workers))
-  for _ in range(max(2, 2 * workers)):  # warm-up: workers start (imports) and fill their buffers
+  # Warm-up: workers start, and the batches read ahead while the first one was awaited are drained (the loop waits
+  # on the pipeline from then on, so the timed batches are made while they are timed).
+  for _ in range(4 + 2 * workers):
     next(it)
   return _timed(lambda: next(it), batches, batch, f"training, {workers} workers")
 
@@ -116,11 +117,20 @@ def time_eval(dataset: registry.Dataset, examples: int) -> Rate:
   return _timed(lambda: ds[next(index)], n, 1, "evaluation")
 
 
+# Rows of the per-stage table; rows starting with two spaces split the row above them (not added to the total).
+READ, DECODE_LABEL = "read record (array_record, parse)", "decode label (PNG)"
+RESCALE = "random rescale"
+RESCALE_IMAGE, RESCALE_LABEL = "  of which image (bilinear, PIL)", "  of which label (nearest)"
+CROP, FLIP = "random crop (with its cat_max_ratio checks)", "random flip"
+PHOTOMETRIC, HSV = "photometric distortion", "  HSV round trip (one call; drawn with p = 0.75)"
+PAD, LUT, BATCH = "pad + contiguous copy", "unseen-class LUT", "batch (np.stack)"
+
+
 def stage_breakdown(dataset: registry.Dataset, examples: int, *, batch: int = 16,
                     seed: int = 0) -> tuple[list[tuple[str, float]], dict]:
-  """[(stage, ms per example)] for the first `examples` training examples, in the order of `augment.train_augment`
-  with `pipeline.TrainAugment`'s settings; rows starting with two spaces split the stage above them. Also facts
-  seen on the way (crop checks per example, image sizes)."""
+  """[(row, ms per example)] for the first `examples` training examples, through the functions of `augment.py`
+  in `augment.train_augment`'s order with `pipeline.TrainAugment`'s settings, one generator seeded by `seed`; and
+  facts seen on the way (examples, crop checks, padded crops, rescaled pixels)."""
   spec, builder = dataset.spec, dataset.builder
   skip = {"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()}
   raw = builder.as_data_source(split="train", decoders=skip)  # records read and parsed, not decoded
@@ -128,57 +138,50 @@ def stage_breakdown(dataset: registry.Dataset, examples: int, *, batch: int = 16
   crop = (spec.crop_size, spec.crop_size)
   lut = pipeline.unseen_lut(len(spec.classes), spec.unseen, "transductive")
   rng = np.random.default_rng(seed)
+  decode_image = f"decode image ({getattr(builder, 'IMAGE_FORMAT', 'jpeg').upper()})"
   ms: dict[str, float] = collections.defaultdict(float)
-  facts = {"crop_checks": 0, "padded": 0, "rescaled_pixels": 0}
+  facts = {"examples": min(examples, len(raw)), "crop_checks": 0, "padded": 0, "rescaled_pixels": 0}
   checks = augment.crop_satisfies
 
   def counting_checks(*args, **kwargs):
     facts["crop_checks"] += 1
     return checks(*args, **kwargs)
 
-  def timed(stage: str, fn: Callable, *args):
+  def timed(row: str, fn: Callable, *args):
     start = time.perf_counter()
     out = fn(*args)
-    ms[stage] += (time.perf_counter() - start) * 1e3
+    ms[row] += (time.perf_counter() - start) * 1e3
     return out
 
-  image_format = getattr(builder, "IMAGE_FORMAT", "jpeg").upper()
-  n = min(examples, len(raw))
   outputs = []
-  augment.crop_satisfies = counting_checks  # counts random_crop's checks; restored below
+  augment.crop_satisfies = counting_checks  # random_crop looks it up at each call: counts its checks
   try:
-    for i in tqdm(range(n), desc="stages", leave=False):
-      record = timed("read record (array_record, parse)", raw.__getitem__, i)
-      image = timed(f"decode image ({image_format})", features["image"].decode_example_np, record["image"])
-      label = timed("decode label (PNG)", features["label"].decode_example_np, record["label"])[..., 0]
-      image, label = timed("random rescale", augment.random_rescale, rng, image, label, tuple(spec.train_scale),
+    for i in tqdm(range(facts["examples"]), desc="stages", leave=False):
+      record = timed(READ, raw.__getitem__, i)
+      image = timed(decode_image, features["image"].decode_example_np, record["image"])
+      decoded = label = timed(DECODE_LABEL, features["label"].decode_example_np, record["label"])[..., 0]
+      image, label = timed(RESCALE, augment.random_rescale, rng, image, label, tuple(spec.train_scale),
                            tuple(spec.train_ratio_range))
-      timed("  of which label (nearest)", augment.resize_label, label, label.shape)  # already at size: a copy
+      timed(RESCALE_LABEL, augment.resize_label, decoded, label.shape)  # the label's part, done again alone
       facts["rescaled_pixels"] += label.size
-      image, label = timed("random crop (cat_max_ratio checks)", augment.random_crop, rng, image, label, crop, 0.75,
+      image, label = timed(CROP, augment.random_crop, rng, image, label, crop, pipeline.TrainAugment.cat_max_ratio,
                            IGNORE_INDEX)
-      image, label = timed("random flip", augment.random_flip, rng, image, label)
-      image = timed("photometric distortion", augment.photometric_distortion, rng, image)
-      timed("  HSV round trip, when drawn (p=0.75)", augment.adjust_saturation_hue, image, 1.2, 5)
+      image, label = timed(FLIP, augment.random_flip, rng, image, label)
+      image = timed(PHOTOMETRIC, augment.photometric_distortion, rng, image)
+      timed(HSV, augment.adjust_saturation_hue, image, 1.2, 5)
       facts["padded"] += label.shape != crop
-      image, label = timed("pad + contiguous copy", _pad_contiguous, image, label, crop)
-      label = timed("unseen-class LUT", lut.__getitem__, label)
+      image, label = timed(PAD, _pad_contiguous, image, label, crop)
+      label = timed(LUT, lut.__getitem__, label)
       outputs.append((image, label))
-      if len(outputs) == batch or i == n - 1:
-        timed("batch (np.stack)", _stack, outputs)
+      if len(outputs) == batch or i == facts["examples"] - 1:
+        timed(BATCH, _stack, outputs)
         outputs = []
   finally:
     augment.crop_satisfies = checks
-  # The rescale's label part: the nearest-neighbour resize from the decoded size, timed on the side (above, the
-  # call on an array already at its size is only a copy): redo it from the decoded label, without a generator.
-  ms["  of which label (nearest)"] = _label_resize_ms(raw, features, spec, n, seed)
-  ms["  of which image (bilinear, PIL)"] = ms["random rescale"] - ms["  of which label (nearest)"]
-  facts["examples"] = n
-  order = ["read record (array_record, parse)", f"decode image ({image_format})", "decode label (PNG)",
-           "random rescale", "  of which image (bilinear, PIL)", "  of which label (nearest)",
-           "random crop (cat_max_ratio checks)", "random flip", "photometric distortion",
-           "  HSV round trip, when drawn (p=0.75)", "pad + contiguous copy", "unseen-class LUT", "batch (np.stack)"]
-  return [(stage, ms[stage] / n) for stage in order], facts
+  ms[RESCALE_IMAGE] = ms[RESCALE] - ms[RESCALE_LABEL]
+  rows = [READ, decode_image, DECODE_LABEL, RESCALE, RESCALE_IMAGE, RESCALE_LABEL, CROP, FLIP, PHOTOMETRIC, HSV, PAD,
+          LUT, BATCH]
+  return [(row, ms[row] / facts["examples"]) for row in rows], facts
 
 
 def _pad_contiguous(image: np.ndarray, label: np.ndarray, crop: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -188,22 +191,6 @@ def _pad_contiguous(image: np.ndarray, label: np.ndarray, crop: tuple[int, int])
 
 def _stack(outputs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
   return np.stack([o[0] for o in outputs]), np.stack([o[1] for o in outputs])
-
-
-def _label_resize_ms(raw, features, spec, n: int, seed: int) -> float:
-  """Total ms of the label's nearest-neighbour resize to the sizes random_rescale draws (same generator draws)."""
-  rng = np.random.default_rng(seed)
-  low, high = spec.train_ratio_range
-  total = 0.0
-  for i in range(n):
-    label = features["label"].decode_example_np(raw[i]["label"])[..., 0]
-    ratio = rng.random() * (high - low) + low  # random_rescale's draw, on a generator of its own
-    target = int(spec.train_scale[0] * ratio), int(spec.train_scale[1] * ratio)
-    size = augment.rescale_size(label.shape, max(target), min(target))
-    start = time.perf_counter()
-    augment.resize_label(label, size)
-    total += (time.perf_counter() - start) * 1e3
-  return total
 
 
 def prepare(name: str, count: int, seed: int, workdir: pathlib.Path) -> tuple[registry.Dataset, str]:
@@ -220,8 +207,8 @@ def prepare(name: str, count: int, seed: int, workdir: pathlib.Path) -> tuple[re
   written = time.perf_counter() - start
   start = time.perf_counter()
   dataset = build.build(name, workdir / "tfds", str(manual), allow_partial=True)
-  return dataset, (f"wrote {make_benchmark_data.jpeg_summary(manual)} in {written:.1f} s; built (partial) in "
-                   f"{time.perf_counter() - start:.1f} s")
+  return dataset, (f"layout written in {written:.1f} s ({make_benchmark_data.jpeg_summary(manual)}), built (partial "
+                   f"build) in {time.perf_counter() - start:.1f} s")
 
 
 def main(argv):
@@ -238,7 +225,7 @@ def main(argv):
   print(f"\n{_DATASET.value} ({sizes}): {done}")
   print(f"machine: {os.cpu_count()} CPU cores, load average {load[0]:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end (other processes' load lowers the wall-clock rates)\n")
-  print(f"| pipeline | examples/s | CPU cores busy | examples/s per core |\n|---|---|---|---|")
+  print("| pipeline | examples/s | CPU cores busy | examples/s per core |\n|---|---|---|---|")
   for workers, rate in train:
     print(f"| training, {workers} worker processes (batch {_BATCH.value}, {rate.examples} examples, crop "
           f"{spec.crop_size}²) | {rate.per_s:.1f} | {rate.cores:.2f} | {rate.per_core:.1f} |")
@@ -248,7 +235,7 @@ def main(argv):
   print(f"\nPer-stage cost on one core, {facts['examples']} training examples, ms per example "
         f"({facts['crop_checks'] / facts['examples']:.1f} crop checks per example, "
         f"{facts['padded']} of {facts['examples']} crops padded, rescaled images "
-        f"{facts['rescaled_pixels'] / facts['examples'] / 1e6:.2f} Mpixel on average):\n")
+        f"{facts['rescaled_pixels'] / facts['examples'] / 1e6:.3g} Mpixel on average):\n")
   print("| stage | ms / example | share |\n|---|---|---|")
   for stage, value in stages:
     print(f"| {stage.replace('  ', '↳ ')} | {value:.2f} | {100 * value / total:.0f}% |")

@@ -130,7 +130,8 @@ def _render(rng: np.random.Generator, size: tuple[int, int], background: int,
 def _boundaries(label: np.ndarray, width: int) -> np.ndarray:
   """True on a band of about `width` pixels wherever the label changes value."""
   image = Image.fromarray(label)
-  return np.asarray(image.filter(ImageFilter.MaxFilter(width))) != np.asarray(image.filter(ImageFilter.MinFilter(width)))
+  grown, shrunk = image.filter(ImageFilter.MaxFilter(width)), image.filter(ImageFilter.MinFilter(width))
+  return np.asarray(grown) != np.asarray(shrunk)
 
 
 def _image_size(rng: np.random.Generator, dataset: str) -> tuple[int, int]:
