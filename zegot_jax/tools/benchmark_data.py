@@ -1,7 +1,7 @@
 r"""Throughput of the data pipeline on this machine: training examples/s per CPU core through the full
 augmentation, evaluation examples/s, and where one core spends its time per training example.
 
-  python -m zegot_jax.tools.benchmark_data --dataset voc12_zs3                 # 300 + 75 images of 500×375
+  python -m zegot_jax.tools.benchmark_data --dataset voc12_zs3                 # 300 + 75 images of ~500×375
   python -m zegot_jax.tools.benchmark_data --dataset coco_stuff171_zs3 --count 120 --workers 4
   python -m zegot_jax.tools.benchmark_data                                      # textures_zs3 (synthetic world)
 
@@ -18,8 +18,10 @@ Measured:
   one core).
 - evaluation: `pipeline.eval_dataset` (decode, resize to the evaluation short side), one core.
 - per stage: the first --stage_examples training examples go through the functions of `augment.py` one by one
-  with a fixed generator, each stage timed alone on one core (milliseconds per example); indented rows split a
-  stage and are not added to the total.
+  with a fixed generator, each stage timed alone on one core (milliseconds per example). Rows marked ↳ are not
+  added to the total: the rescale's label part (the same nearest-neighbour resize, done again alone; the image part
+  is the rest) and one HSV round trip (saturation and hue, which photometric distortion draws with p = 0.75) on
+  each crop.
 Then the cores needed to feed --images_per_s training images per second: images_per_s / (examples/s per core).
 """
 

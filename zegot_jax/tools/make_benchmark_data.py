@@ -11,7 +11,8 @@ real image sizes: what `zegot_jax.data.build` reads, to measure the data pipelin
                        JPEGImages/<id>.jpg               500×375, a quarter of them portrait 375×500
                        SegmentationClass/<id>.png        palette PNGs: 0 background, 1..20, 255 on 5-px object
                                                          boundaries; for train.txt's and val.txt's ids
-                       SegmentationClassAug/<id>.png     grayscale PNGs, 0..20 (SBD has no boundaries); aug.txt's ids
+                       SegmentationClassAug/<id>.png     grayscale PNGs, 0..20 (SBD has no boundaries), for
+                                                         aug.txt's ids
                        ImageSets/Segmentation/{train,aug,val}.txt   train.txt: 1 train id in 7 (1,464 of 10,582)
   coco_stuff171_zs3  <out>/images/{train,val}2017/<id>.jpg         640×480, a quarter of them portrait 480×640
                      <out>/annotations/{train,val}2017/<id>.png    official stuffthingmaps values (COCO id − 1):
@@ -19,11 +20,11 @@ real image sizes: what `zegot_jax.data.build` reads, to measure the data pipelin
                                                                    the 11 unused ids) on top, 255 unlabelled bands
 
 Photos: per region a smooth random colour field with mid- and fine-scale texture, regions shaped as the label's
-polygons and ellipses, then luminance and colour noise; JPEG quality 90. They come out at about 100 KB (VOC) and
-165 KB (COCO), the real datasets' averages (VOC2012's JPEGImages ≈ 105 KB, COCO's train2017 ≈ 155 KB), so that
-JPEG decoding costs what it costs on the real files. Labels: VOC has 1-3 object classes per image (1.5 on
-average, as the real one), COCO 2-4 stuff and 1-3 thing classes. Everything is a function of the seed: example i of
-a split draws from its own generator, seeded by (seed, split, i).
+polygons and ellipses, then luminance and colour noise; JPEG quality 90. They come out at about 95 KB (VOC) and
+155 KB (COCO), near the real datasets' averages (about 105 KB and 155 KB: the archives' sizes over their image
+counts), so that JPEG decoding costs what it costs on the real files. Labels: VOC has 1-3 object classes per image
+(1.5 on average, about as the real one), COCO 2-4 stuff and 1-3 thing classes. Everything is a function of the
+seed: example i of a split draws from its own generator, seeded by (seed, split, i).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ def _texture(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
   """A region's look: a smooth colour field, mid-scale colour texture and fine luminance texture."""
   h, w = size
   coarse = _field(rng, size, tuple(rng.integers(2, 5, 2)), 0, 255)
-  mid = _field(rng, size, (h // 16, w // 16), -25, 25)
-  fine = _field(rng, size, (h // 3, w // 3), -40, 40).mean(axis=-1, keepdims=True)
+  mid = _field(rng, size, (h // 16, w // 16), -25, 25)  # cells of 16 pixels
+  fine = _field(rng, size, (h // 3, w // 3), -40, 40).mean(axis=-1, keepdims=True)  # 3 pixels
   return coarse + mid + fine
 
 
@@ -121,7 +122,12 @@ def _render(rng: np.random.Generator, size: tuple[int, int], background: int,
     mask = Image.new("L", (w, h), 0)
     _draw(ImageDraw.Draw(mask), shape, 255)  # the same pixels as in the label: same shape, same rasteriser
     _draw(label_draw, shape, value)
-    photo = np.where(np.asarray(mask)[..., None] > 0, _texture(rng, size), photo)
+    box = mask.getbbox()
+    if box is None:  # drawn outside the image
+      continue
+    x0, y0, x1, y1 = box
+    inside = np.asarray(mask.crop(box))[..., None] > 0
+    photo[y0:y1, x0:x1] = np.where(inside, _texture(rng, (y1 - y0, x1 - x0)), photo[y0:y1, x0:x1])
   photo += rng.normal(0, 14, (h, w, 1)).astype(np.float32)  # luminance noise: fine detail, as in photos
   photo += rng.normal(0, 3, (h, w, 3)).astype(np.float32)
   return np.clip(photo, 0, 255).astype(np.uint8), np.asarray(label)
