@@ -48,6 +48,8 @@ _BATCH = flags.DEFINE_integer("batch", None, "images per measured step (default:
 _MEMORY_BATCHES = flags.DEFINE_list("memory_batches", ["4", "16"], "per-device batches whose peak memory is shown")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype (default: the config's)")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per part", lower_bound=1)
+_COST_ONLY = flags.DEFINE_integer("cost_only_iterations", None, "count FLOPs, bytes and memory without running "
+                                  "anything (e.g. batch 16 on a CPU), assuming this many Sinkhorn iterations")
 
 
 class Cost(NamedTuple):
@@ -72,6 +74,9 @@ def xla_cost(fn: Callable, *args) -> Cost:
 
 
 def best_time(fn: Callable, *args, repeats: int) -> float:
+  """Seconds of the fastest of `repeats` calls after the first; NaN when repeats is 0 (nothing is run)."""
+  if repeats == 0:
+    return float("nan")
   jitted = jax.jit(fn)
   jax.block_until_ready(jitted(*args))
   times = []
@@ -172,10 +177,19 @@ def loop_corrected(cost: Cost, config: sinkhorn.SinkhornConfig, shape: tuple[int
   return cost + block * (blocks - 1)
 
 
-def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str, Any]]:
+def account(bench: Bench, mode: str, repeats: int, cost_only_iterations: int | None = None
+            ) -> tuple[list[Row], dict[str, Any]]:
   """The parts of one step, each jitted and measured alone, in the order the step runs them. Every array is an
-  argument (a closed-over array would be a compile-time constant that XLA may fold away)."""
+  argument (a closed-over array would be a compile-time constant that XLA may fold away). With
+  `cost_only_iterations` nothing runs: inputs and outputs are shapes, and times are NaN."""
   params, clip, tokens, images, labels = bench.params, bench.clip_params, bench.tokens, bench.images, bench.labels
+  if cost_only_iterations:
+    repeats = 0
+    images, labels = (jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (images, labels))
+
+  def run(fn, *args):
+    return jax.eval_shape(fn, *args) if cost_only_iterations else jax.jit(fn)(*args)
+
   apply = bench.apply
   rows = []
 
@@ -185,7 +199,7 @@ def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str,
       m, n = scores.shape[2] * scores.shape[3], scores.shape[-1]
       cost = loop_corrected(cost, bench.model_config.sinkhorn, (problems, m, n), iterations)
     rows.append(Row(name, cost, best_time(fn, *args, repeats=repeats)))
-    return jax.jit(fn)(*args)
+    return run(fn, *args)
 
   features = part("image tower", lambda c, im: apply(params, c, "encode_images", im), clip, images)
   f, f_bar = features.f, features.f_bar
@@ -193,11 +207,13 @@ def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str,
   scores, g_ga = part("GA + DFA", lambda p, c, f, fb, t: apply(p, c, "align", bench.features(f, fb), t),
                       params, clip, f, f_bar, text)
   match = lambda p, c, s, f, g: apply(p, c, "match", s, f, g)[0]  # noqa: E731
-  _, _, iters = jax.jit(lambda p, c, s, f, g: apply(p, c, "match", s, f, g))(params, clip, scores, f, g_ga)
+  _, _, iters = run(lambda p, c, s, f, g: apply(p, c, "match", s, f, g), params, clip, scores, f, g_ga)
+  if iters is not None and cost_only_iterations:
+    iters = np.full(iters.shape, cost_only_iterations)
   iterations = None if iters is None else int(np.asarray(iters).max())
   problems = int(np.prod(scores.shape[:-1])) // (scores.shape[2] * scores.shape[3])  # layers × images × classes
   refined = part("MPOT", match, params, clip, scores, f, g_ga, iterations=iterations, problems=problems)
-  size = features.image_size
+  size = (bench.config.clip.image_size,) * 2  # static (features.image_size is a shape in cost-only mode)
   out, _ = part("fusion + decoder", lambda p, c, s, r: apply(p, c, "head", s, r, size), params, clip, scores, refined)
   info = dict(sinkhorn_iterations=iters, problems=problems)
   if mode == "eval":
@@ -221,10 +237,11 @@ def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str,
 
   backward("backward, all of it", loss_fn, params, clip, tokens, f, f_bar, labels)
   if iterations is not None:
-    weights = jax.random.normal(jax.random.key(1), scores.shape)  # a cotangent for the refined maps
+    weights = jax.ShapeDtypeStruct(scores.shape, jnp.float32)  # a cotangent for the refined maps
+    weights = weights if cost_only_iterations else jax.random.normal(jax.random.key(1), scores.shape)
     backward("of which MPOT's backward", lambda s, p, c, f, g, w: match(p, c, s, f, g) * w,
              scores, params, clip, f, g_ga, weights)
-  grads = jax.jit(jax.grad(loss_fn))(params, clip, tokens, f, f_bar, labels)
+  grads = run(jax.grad(loss_fn), params, clip, tokens, f, f_bar, labels)
   part("optimizer update (AdamW)",
        lambda g, s, p: optax.apply_updates(p, bench.optimizer.update(g, s, p)[0]),
        grads, bench.optimizer.init(params), params)
@@ -243,7 +260,8 @@ def account(bench: Bench, mode: str, repeats: int) -> tuple[list[Row], dict[str,
 
 
 def whole_step(bench: Bench, mode: str, repeats: int) -> dict[str, float]:
-  """{step: seconds} of the whole jitted step (train: phase 1, and phase 2 with its teacher when there is one)."""
+  """{step: seconds} of the whole jitted step (train: phase 1, and phase 2 with its teacher when there is one);
+  NaN with repeats = 0."""
   clip, tokens, images, labels = bench.clip_params, bench.tokens, bench.images, bench.labels
   if mode == "eval":
     fn = lambda p, c, t, im: bench.apply(p, c, "__call__", im, t)[0].logits  # noqa: E731
@@ -318,8 +336,9 @@ def main(argv):
   dtype = jnp.dtype(_DTYPE.value or config.clip.dtype)
   mode = _MODE.value
   bench = Bench(config, _BATCH.value or config.train.batch_size, dtype)
-  rows, info = account(bench, mode, _REPEATS.value)
-  whole = whole_step(bench, mode, _REPEATS.value)
+  repeats = 0 if _COST_ONLY.value else _REPEATS.value
+  rows, info = account(bench, mode, repeats, _COST_ONLY.value)
+  whole = whole_step(bench, mode, repeats)
   memory = {int(b): step_memory(bench, mode, int(b)) for b in _MEMORY_BATCHES.value}
   print(format_report(bench, mode, rows, whole, memory, info))
 
