@@ -44,7 +44,7 @@ def test_pseudo_labels_only_unlabelled_pixels_and_only_unseen_classes():
   labels = jnp.asarray([[[0, UNLABELLED, IGNORE_INDEX, 2, UNLABELLED]]], jnp.int32)  # (1, 1, 5)
   logits = jnp.asarray([[[[9., 0, 1, 0], [9., 1, 0, 3], [0., 0, 9, 9], [0., 9, 0, 0], [5., 2, 9, 1]]]])
   unseen = [1, 3]
-  out = np.asarray(selftrain.pseudo_label(labels, logits, unseen))
+  out = np.asarray(selftrain.pseudo_label(labels, logits[..., jnp.asarray(unseen)], unseen))
   # pixel 1: best unseen is 3 (3 > 1) although class 0 scores 9; pixel 4: unseen 1 (2 > 1) although 2 scores 9.
   np.testing.assert_array_equal(out, [[[0, 3, IGNORE_INDEX, 2, 1]]])
   np.testing.assert_array_equal(selftrain.ignore_unlabelled(labels), [[[0, IGNORE_INDEX, IGNORE_INDEX, 2,

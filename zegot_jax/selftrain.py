@@ -69,11 +69,12 @@ def next_teacher(schedule: Schedule, step: jax.Array, teacher: Any, params: Any)
   return jax.tree_util.tree_map(lambda t, p: jnp.where(follow, p, t), teacher, params)
 
 
-def pseudo_label(labels: jax.Array, teacher_logits: jax.Array, unseen: Sequence[int]) -> jax.Array:
+def pseudo_label(labels: jax.Array, unseen_logits: jax.Array, unseen: Sequence[int]) -> jax.Array:
   """Algorithm 2, line 11: unlabelled pixels get argmax over the unseen classes of the teacher's
-  λY + (1 − λ)Ỹ; labelled and ignored pixels are unchanged. labels (B, H, W); logits (B, H, W, K)."""
+  λY + (1 − λ)Ỹ; labelled and ignored pixels are unchanged. labels (B, H, W); unseen_logits (B, H, W, U): the
+  teacher's logits of the unseen classes, in the order of `unseen` (ZegOT.decode(..., keep=unseen) gives them)."""
   unseen = jnp.asarray(unseen, jnp.int32)
-  best = unseen[jnp.argmax(teacher_logits[..., unseen], axis=-1)]  # (B, H, W) class indices
+  best = unseen[jnp.argmax(unseen_logits, axis=-1)]  # (B, H, W) class indices
   return jnp.where(labels == UNLABELLED, best.astype(labels.dtype), labels)
 
 

@@ -134,8 +134,9 @@ def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation,
     labels = labels.astype(jnp.int32)
     features = apply(state.params, clip_params, images, method="encode_images")  # frozen: once per step
 
-    def teacher_labels():  # Algorithm 2, line 11, with the teacher of the train state and its text embeddings
-      out, _ = apply(state.teacher, clip_params, features, state.teacher_text, method="decode")
+    def teacher_labels():  # Algorithm 2, line 11, with the teacher of the train state and its text embeddings;
+      # only the unseen classes' logits are needed, so only they are upsampled to full resolution
+      out, _ = apply(state.teacher, clip_params, features, state.teacher_text, tuple(unseen), method="decode")
       return selftrain.pseudo_label(labels, jax.lax.stop_gradient(out.logits), unseen)
 
     if unseen:

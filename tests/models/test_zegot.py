@@ -57,6 +57,24 @@ def test_permuting_classes_permutes_every_output(clip, images):
     np.testing.assert_allclose(np.asarray(a)[..., perm], b, rtol=1e-5, atol=1e-5)
 
 
+def test_keeping_some_classes_gives_their_logits_unchanged(clip, images):
+  """decode(..., keep) (the teacher's unseen classes) upsamples only the kept classes; their logits equal the full
+  decode's, although the decoder's normalization sees every class."""
+  model, params, tokens = _build(clip)
+  keep = (4, 1)
+
+  def decode(images, tokens, keep):
+    features = model.apply({"params": params}, images, method="encode_images")
+    text = model.apply({"params": params}, tokens, method="encode_classes")
+    return model.apply({"params": params}, features, text, keep, method="decode")[0]
+
+  full = jax.jit(lambda im, t: decode(im, t, None))(images, jnp.asarray(tokens))
+  kept = jax.jit(lambda im, t: decode(im, t, keep))(images, jnp.asarray(tokens))
+  for a, b in zip(full, kept):
+    assert b.shape == (2, 40, 32, 2)
+    np.testing.assert_allclose(np.asarray(a)[..., list(keep)], b, rtol=1e-6, atol=1e-6)
+
+
 def test_other_class_lists_need_no_new_parameters(clip, images):
   """A model initialized on 5 classes segments 2 or 7 with the same parameters. A class's score map Y does not
   depend on which other classes are asked for; the decoder's output does, by design: its normalization

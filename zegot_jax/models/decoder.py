@@ -68,7 +68,9 @@ class ClassAgnosticDecoder(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, maps: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+  def __call__(self, maps: jax.Array, output_size: tuple[int, int], keep: Sequence[int] | None = None) -> jax.Array:
+    """`keep`: the classes whose logits are upsampled and returned (all when None); the normalization still sees
+    every class."""
     b, k, h, w, levels = maps.shape
     x = maps.astype(self.dtype)  # B·K single-class images, kept as (B, K, ...) for the shared normalization
     # FPN-style top-down merge: start from the fused map (the top level), then add each DFA layer from the
@@ -79,5 +81,7 @@ class ClassAgnosticDecoder(nn.Module):
       top = ConvNormReLU(self.features, dtype=self.dtype, name=f"smooth_{level}")(top + lateral)
     top = ASPP(self.features, tuple(self.aspp_rates), dtype=self.dtype)(top)
     logits = nn.Conv(1, (1, 1), dtype=self.dtype, name="classifier")(top)[..., 0]  # (B, K, h, w)
-    logits = jax.image.resize(logits.astype(jnp.float32), (b, k, *output_size), "bilinear")  # upsampling U
+    if keep is not None:
+      logits = logits[:, jnp.asarray(keep)]  # before upsampling: only the kept classes reach full resolution
+    logits = jax.image.resize(logits.astype(jnp.float32), (b, logits.shape[1], *output_size), "bilinear")  # U
     return jnp.moveaxis(logits, 1, -1)  # (B, H, W, K)

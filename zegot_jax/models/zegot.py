@@ -205,12 +205,13 @@ class ZegOT(nn.Module):
     f_bar = l2_normalize(vision.image_embeds)  # (B, D) global image embedding f̄_L
     return ImageFeatures(f, f_bar, images.shape[1:3])
 
-  def decode(self, features: ImageFeatures, text: jax.Array) -> tuple[ZegOTOutput, dict[str, Any]]:
+  def decode(self, features: ImageFeatures, text: jax.Array, keep: Sequence[int] | None = None
+             ) -> tuple[ZegOTOutput, dict[str, Any]]:
     """Everything after the frozen towers: GA and DFA (`align`), matching (`match`), fusion, decoder and ensemble
-    (`head`)."""
+    (`head`). `keep`: the classes whose logits are wanted (all when None); see `head`."""
     scores, g_ga = self.align(features, text)
     refined, plans, iterations = self.match(scores, features.f, g_ga)  # S*_i, eq. 7
-    out, fused = self.head(scores, refined, features.image_size)
+    out, fused = self.head(scores, refined, features.image_size, keep)
     aux = dict(score_maps=scores, refined_maps=refined, fused_map=fused, transport_plans=plans,
                sinkhorn_iterations=iterations, text_embeddings=text, aligned_text=g_ga)
     return out, aux
@@ -225,15 +226,18 @@ class ZegOT(nn.Module):
     g_ga = l2_normalize(g).astype(jnp.float32)  # (B, K, N, D)
     return jnp.einsum("lbhwd,bknd->lbhwkn", f, g_ga), g_ga  # S_i, eq. 5
 
-  def head(self, scores: jax.Array, refined: jax.Array, image_size: tuple[int, int]
-           ) -> tuple[ZegOTOutput, jax.Array]:
+  def head(self, scores: jax.Array, refined: jax.Array, image_size: tuple[int, int],
+           keep: Sequence[int] | None = None) -> tuple[ZegOTOutput, jax.Array]:
     """Fusion (eq. 8), the score logits (eq. 9), the decoder (eq. 10) and their ensemble (eq. 11); also returns the
-    fused map S* (B, h, w, K, N)."""
+    fused map S* (B, h, w, K, N). With `keep` (static class indices) the logits hold only those classes, in that
+    order, and only they are upsampled to full resolution; their values are the same as without `keep` (the
+    decoder's normalization still sees every class)."""
     c = self.config
     fused = fuse_score_maps(refined, c.fusion_norm)  # S*, eq. 8: (B, h, w, K, N)
-    score_logits = upsample(fused.sum(-1), image_size)  # Y = U(M(S*)), eq. 9
+    kept = fused.sum(-1) if keep is None else fused.sum(-1)[..., jnp.asarray(keep)]
+    score_logits = upsample(kept, image_size)  # Y = U(M(S*)), eq. 9
     stack = jnp.concatenate([scores.sum(-1), fused.sum(-1)[None]], axis=0)  # (d + 1, B, h, w, K)
-    decoder_logits = self.decoder(jnp.transpose(stack, (1, 4, 2, 3, 0)), image_size)  # Ỹ, eq. 10
+    decoder_logits = self.decoder(jnp.transpose(stack, (1, 4, 2, 3, 0)), image_size, keep)  # Ỹ, eq. 10
     lam = c.ensemble_lambda
     logits = lam * score_logits + (1 - lam) * decoder_logits  # Y*, eq. 11
     return ZegOTOutput(logits, score_logits, decoder_logits), fused

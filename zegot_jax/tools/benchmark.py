@@ -246,8 +246,8 @@ def account(bench: Bench, mode: str, repeats: int, cost_only_iterations: int | N
        lambda g, s, p: optax.apply_updates(p, bench.optimizer.update(g, s, p)[0]),
        grads, bench.optimizer.init(params), params)
 
-  def teacher(p, c, t, f, fb, y):  # phase 2: Algorithm 2, line 11, with the teacher's kept text embeddings
-    out, _ = apply(p, c, "decode", bench.features(f, fb), t)
+  def teacher(p, c, t, f, fb, y):  # phase 2: Algorithm 2, line 11, as trainer.make_train_step has it
+    out, _ = apply(p, c, "decode", bench.features(f, fb), t, tuple(bench.unseen))
     return selftrain.pseudo_label(y.astype(jnp.int32), out.logits, bench.unseen)
 
   if bench.unseen:
