@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -33,12 +32,10 @@ from ml_collections import config_flags
 
 from zegot_jax import errors, from_config, selftrain, trainer
 from zegot_jax.data import classes as classes_lib
-from zegot_jax.models import prompts, sinkhorn, zegot
+from zegot_jax.models import prompts, zegot
 from zegot_jax.models.clip import CLIP, vit_b16_config
 from zegot_jax.models.losses import segmentation_loss
-
-# Peak dense bfloat16 tensor-core FLOP/s and HBM bandwidth (NVIDIA's data sheets, SXM parts).
-ROOFLINES = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12)}
+from zegot_jax.tools.costs import ROOFLINES, Cost, best_time, loop_corrected, peak_memory, roofline, xla_cost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/coco_stuff171_zs3.py",
                                           lock_config=True)
@@ -50,51 +47,6 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtyp
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per part", lower_bound=1)
 _COST_ONLY = flags.DEFINE_integer("cost_only_iterations", None, "count FLOPs, bytes and memory without running "
                                   "anything (e.g. batch 16 on a CPU), assuming this many Sinkhorn iterations")
-
-
-class Cost(NamedTuple):
-  flops: float
-  bytes: float
-
-  def __add__(self, other):
-    return Cost(self.flops + other.flops, self.bytes + other.bytes)
-
-  def __sub__(self, other):
-    return Cost(self.flops - other.flops, self.bytes - other.bytes)
-
-  def __mul__(self, k):
-    return Cost(self.flops * k, self.bytes * k)
-
-
-def xla_cost(fn: Callable, *args) -> Cost:
-  """XLA's count for one call of jitted `fn` (loop bodies once)."""
-  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
-  return Cost(float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0)))
-
-
-def best_time(fn: Callable, *args, repeats: int) -> float:
-  """Seconds of the fastest of `repeats` calls after the first; NaN when repeats is 0 (nothing is run)."""
-  if repeats == 0:
-    return float("nan")
-  jitted = jax.jit(fn)
-  jax.block_until_ready(jitted(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(jitted(*args))
-    times.append(time.perf_counter() - start)
-  return min(times)
-
-
-def peak_memory(fn: Callable, *args, donate: tuple[int, ...] = ()) -> int:
-  """Bytes a device holds at the peak of one call, by XLA's memory analysis of the compiled function."""
-  m = jax.jit(fn, donate_argnums=donate).lower(*args).compile().memory_analysis()
-  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-
-
-def roofline(cost: Cost, peak_flops: float, bandwidth: float) -> float:
-  return max(cost.flops / peak_flops, cost.bytes / bandwidth)
 
 
 @dataclasses.dataclass
@@ -159,22 +111,6 @@ class Row(NamedTuple):
   cost: Cost
   seconds: float
   nested: bool = False  # a share of the row above it ("of which ..."), not a part of its own
-
-
-def loop_corrected(cost: Cost, config: sinkhorn.SinkhornConfig, shape: tuple[int, int, int],
-                   iterations: int) -> Cost:
-  """`cost` of a batched Sinkhorn solve of `shape` (P, M, N) problems that ran `iterations` iterations, with its
-  while loop counted once per block (XLA counts the body once). Other solvers are returned as XLA counts them."""
-  if config.solver != "batched":
-    return cost
-  p, m, n = shape
-  kernel = jax.ShapeDtypeStruct((p, m, n), jnp.float32)
-  state = sinkhorn.Scalings(jax.ShapeDtypeStruct((p, m), jnp.float32), jax.ShapeDtypeStruct((p, n), jnp.float32),
-                            jax.ShapeDtypeStruct((p,), bool), jax.ShapeDtypeStruct((p,), jnp.int32),
-                            jax.ShapeDtypeStruct((), jnp.int32))
-  block = xla_cost(lambda k, s: sinkhorn.batched_block(k, s, config), kernel, state)
-  blocks = -(-iterations // config.inner_iterations)
-  return cost + block * (blocks - 1)
 
 
 def account(bench: Bench, mode: str, repeats: int, cost_only_iterations: int | None = None

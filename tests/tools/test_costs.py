@@ -1,11 +1,11 @@
-"""The cost account's arithmetic (zegot_jax/tools/benchmark.py): the Sinkhorn loop counted once per block it ran."""
+"""The cost account's arithmetic (zegot_jax/tools/costs.py): the Sinkhorn loop counted once per block it ran."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from zegot_jax.models import sinkhorn
-from zegot_jax.tools import benchmark
+from zegot_jax.tools import costs
 
 
 def test_loop_corrected_cost_equals_the_solve_unrolled_in_python():
@@ -27,15 +27,15 @@ def test_loop_corrected_cost_equals_the_solve_unrolled_in_python():
     return s.u[:, :, None] * kernel * s.v[:, None, :]
 
   np.testing.assert_allclose(jax.jit(unrolled)(cost), sinkhorn.sinkhorn_plans(cost, config).plan, rtol=1e-6)
-  counted = benchmark.xla_cost(lambda c: sinkhorn.sinkhorn_plans(c, config).plan, cost)
-  corrected = benchmark.loop_corrected(counted, config, cost.shape, iterations)
-  reference = benchmark.xla_cost(unrolled, cost)
+  counted = costs.xla_cost(lambda c: sinkhorn.sinkhorn_plans(c, config).plan, cost)
+  corrected = costs.loop_corrected(counted, config, cost.shape, iterations)
+  reference = costs.xla_cost(unrolled, cost)
   assert counted.flops < 0.6 * reference.flops  # what XLA alone reports
   np.testing.assert_allclose(corrected.flops, reference.flops, rtol=0.03)
   np.testing.assert_allclose(corrected.bytes, reference.bytes, rtol=0.25)
 
 
 def test_roofline_is_the_slower_of_compute_and_memory():
-  flops, bandwidth = benchmark.ROOFLINES["H100"]
-  assert benchmark.roofline(benchmark.Cost(flops, 0.0), flops, bandwidth) == 1.0
-  assert benchmark.roofline(benchmark.Cost(flops, 2 * bandwidth), flops, bandwidth) == 2.0
+  flops, bandwidth = costs.ROOFLINES["H100"]
+  assert costs.roofline(costs.Cost(flops, 0.0), flops, bandwidth) == 1.0
+  assert costs.roofline(costs.Cost(flops, 2 * bandwidth), flops, bandwidth) == 2.0
