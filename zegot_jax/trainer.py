@@ -36,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from zegot_jax import checkpoints, evaluation, from_config, selftrain
-from zegot_jax.data import pipeline, registry
+from zegot_jax.data import photometric, pipeline, registry
 from zegot_jax.data.classes import IGNORE_INDEX
 from zegot_jax.errors import ConfigError, DamagedFileError, DivergedError
 from zegot_jax.models import prompts, zegot
@@ -125,12 +125,15 @@ def initial_state(model: zegot.ZegOT, optimizer: optax.GradientTransformation, r
 
 def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation, lr_schedule: optax.Schedule,
                     schedule: selftrain.Schedule, unseen: list[int]) -> Callable:
-  """(state, clip_params, tokens, images, labels) → (state, metrics). Pure; jitted with the state donated."""
+  """(state, clip_params, tokens, images, labels[, photometric]) → (state, metrics). Pure; jitted with the state
+  donated. `photometric`: the pipeline's drawn photometric distortion, applied here on the device."""
 
   def apply(trainable, clip_params, *args, method):
     return model.apply({"params": zegot.merge_params(trainable, clip_params)}, *args, method=method)
 
-  def train_step(state: TrainState, clip_params, tokens, images, labels):
+  def train_step(state: TrainState, clip_params, tokens, images, labels, photometric_params=None):
+    if photometric_params is not None:
+      images = photometric.distort(images, photometric_params)  # mmseg's distortion, drawn by the pipeline
     labels = labels.astype(jnp.int32)
     features = apply(state.params, clip_params, images, method="encode_images")  # frozen: once per step
 
@@ -275,7 +278,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   classes, label_lut = training_classes(spec, config.setting)
   unseen = [classes.index(i) for i in spec.unseen] if config.setting == "transductive" else []
   data = pipeline.train_dataset(dataset.splits["train"], spec, batch_size=t.batch_size // jax.process_count(),
-                                seed=t.seed, setting=config.setting, num_workers=t.num_workers)
+                                seed=t.seed, setting=config.setting, num_workers=t.num_workers,
+                                photometric="device")
 
   # CLIP and model; the class prompts are tokenized once.
   clip = from_config.load_clip(config, workdir)
@@ -296,7 +300,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
   clip_shardings = jax.tree_util.tree_map(lambda a: a.sharding, clip_params)
   step_fn = jax.jit(make_train_step(model, optimizer, lr_schedule, schedule, unseen), donate_argnums=(0,),
-                    in_shardings=(state_sharding, clip_shardings, replicated, batch_sharding, batch_sharding),
+                    in_shardings=(state_sharding, clip_shardings, replicated, batch_sharding, batch_sharding,
+                                  batch_sharding),
                     out_shardings=(state_sharding, replicated))  # fixed layouts: compiled once
 
   # Checkpoint restore: the latest one in the workdir, if any, after checking it matches the config; or, asked
@@ -350,7 +355,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
       local = next(iterator)
       images = jax.make_array_from_process_local_data(batch_sharding, local["image"])
       labels = jax.make_array_from_process_local_data(batch_sharding, label_lut[local["label"]])
-      state, metrics = step_fn(state, clip_params, tokens, images, labels)
+      distortion = jax.make_array_from_process_local_data(batch_sharding, local["photometric"])
+      state, metrics = step_fn(state, clip_params, tokens, images, labels, distortion)
       pending.append(metrics)
       timed_steps += 1
       done = step + 1

@@ -274,6 +274,64 @@ def adjust_saturation_hue(image: np.ndarray, saturation: float | None, hue_shift
   return np.clip(np.rint(hsv_to_rgb(hsv)), 0, 255).astype(np.uint8)
 
 
+# The draws of photometric distortion as one float32 vector (what the device applies, `photometric.py`):
+# [brightness?, delta, contrast first?, contrast?, alpha, saturation?, factor, hue?, shift], flags as 0/1.
+PHOTOMETRIC_PARAMS = 9
+
+
+def draw_photometric(
+    rng: np.random.Generator,
+    brightness_delta: float = 32,
+    contrast_range: tuple[float, float] = (0.5, 1.5),
+    saturation_range: tuple[float, float] = (0.5, 1.5),
+    hue_delta: int = 18,
+) -> np.ndarray:
+  """mmseg `PhotoMetricDistortion`'s random draws, in its order, as a (PHOTOMETRIC_PARAMS,) float32 vector.
+
+  1. brightness: add U(-brightness_delta, brightness_delta), with probability 0.5;
+  2. mode: contrast first or last, 50/50;
+  3. contrast (if first): multiply by U(contrast_range), with probability 0.5;
+  4. saturation: multiply S by U(saturation_range), with probability 0.5;
+  5. hue: add randint(-hue_delta, hue_delta) (numpy's half-open range, as mmseg) to H on the 0-180 scale, with
+     probability 0.5 (hue_delta = 0: no shift, where numpy would raise);
+  6. contrast (if last), with probability 0.5.
+  """
+  p = np.zeros(PHOTOMETRIC_PARAMS, np.float32)
+  p[4], p[6] = 1.0, 1.0  # neutral contrast and saturation factors
+  if rng.integers(2):
+    p[0], p[1] = 1.0, rng.uniform(-brightness_delta, brightness_delta)
+  p[2] = contrast_first = bool(rng.integers(2))
+
+  def contrast():
+    if rng.integers(2):
+      p[3], p[4] = 1.0, rng.uniform(*contrast_range)
+
+  if contrast_first:
+    contrast()
+  if rng.integers(2):
+    p[5], p[6] = 1.0, rng.uniform(*saturation_range)
+  if rng.integers(2):
+    p[7], p[8] = 1.0, (int(rng.integers(-hue_delta, hue_delta)) if hue_delta > 0 else 0)
+  if not contrast_first:
+    contrast()
+  return p
+
+
+def apply_photometric(image: np.ndarray, p: np.ndarray) -> np.ndarray:
+  """The distortion `draw_photometric` drew, on an (H, W, 3) uint8 image. Brightness and contrast clip to
+  [0, 255] and truncate to uint8 after each step, as mmseg's `convert`; saturation and hue share one float HSV
+  round trip (rounded to uint8 at the end)."""
+  image = np.asarray(image, dtype=np.uint8)
+  if p[0]:
+    image = adjust_brightness(image, p[1])
+  if p[2] and p[3]:
+    image = adjust_contrast(image, p[4])
+  image = adjust_saturation_hue(image, p[6] if p[5] else None, int(p[8]) if p[7] else None)
+  if not p[2] and p[3]:
+    image = adjust_contrast(image, p[4])
+  return image
+
+
 def photometric_distortion(
     rng: np.random.Generator,
     image: np.ndarray,
@@ -282,41 +340,9 @@ def photometric_distortion(
     saturation_range: tuple[float, float] = (0.5, 1.5),
     hue_delta: int = 18,
 ) -> np.ndarray:
-  """mmseg `PhotoMetricDistortion`; each step happens with probability 0.5, draws in mmseg's order.
-
-  1. brightness: add U(-brightness_delta, brightness_delta);
-  2. mode: contrast first or last, 50/50;
-  3. contrast (if first): multiply by U(contrast_range);
-  4. saturation: multiply S by U(saturation_range);
-  5. hue: add randint(-hue_delta, hue_delta) (numpy's half-open range, as mmseg) to H on the 0-180 scale,
-     wrapping (hue_delta = 0: no shift, where numpy would raise);
-  6. contrast (if last).
-  Brightness and contrast clip to [0, 255] and truncate to uint8 after each step, as mmseg's `convert`; saturation
-  and hue share one float HSV round trip (rounded to uint8 at the end).
-
-  Args:
-    rng: source of all draws.
-    image: (H, W, 3) uint8 RGB image.
-    brightness_delta: half-width of the brightness offset.
-    contrast_range: (low, high) of the contrast factor.
-    saturation_range: (low, high) of the saturation factor.
-    hue_delta: bound of the integer hue shift.
-
-  Returns:
-    The distorted (H, W, 3) uint8 image.
-  """
-  image = np.asarray(image, dtype=np.uint8)
-  if rng.integers(2):
-    image = adjust_brightness(image, rng.uniform(-brightness_delta, brightness_delta))
-  contrast_first = bool(rng.integers(2))
-  if contrast_first and rng.integers(2):
-    image = adjust_contrast(image, rng.uniform(*contrast_range))
-  saturation = float(rng.uniform(*saturation_range)) if rng.integers(2) else None
-  hue_shift = (int(rng.integers(-hue_delta, hue_delta)) if hue_delta > 0 else 0) if rng.integers(2) else None
-  image = adjust_saturation_hue(image, saturation, hue_shift)
-  if not contrast_first and rng.integers(2):
-    image = adjust_contrast(image, rng.uniform(*contrast_range))
-  return image
+  """mmseg `PhotoMetricDistortion` on an (H, W, 3) uint8 RGB image: `draw_photometric`, then `apply_photometric`."""
+  return apply_photometric(image, draw_photometric(rng, brightness_delta, contrast_range, saturation_range,
+                                                   hue_delta))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,10 +366,31 @@ def train_augment(
   Returns:
     (image, label) of exactly crop_size, contiguous: (h, w, 3) uint8 and (h, w) with the label's dtype.
   """
+  image, label, params = _augment(rng, image, label, crop_size, scale, ratio_range, cat_max_ratio, ignore_index,
+                                  photometric)
+  if photometric:
+    valid = params[PHOTOMETRIC_PARAMS:].astype(int)
+    image[:valid[0], :valid[1]] = apply_photometric(image[:valid[0], :valid[1]], params)
+  return image, label
+
+
+def train_augment_deferred(rng: np.random.Generator, image: np.ndarray, label: np.ndarray, *,
+                           crop_size: tuple[int, int] = (512, 512), scale: tuple[int, int] = (2048, 512),
+                           ratio_range: tuple[float, float] = (0.5, 2.0), cat_max_ratio: float = 0.75,
+                           ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """`train_augment` with its photometric distortion drawn but not applied: (image, label, params), params =
+  (PHOTOMETRIC_PARAMS + 2,) float32, the draws then the (h, w) of the crop before padding, for
+  `photometric.distort` to apply on the device. The same generator makes the same draws in the same order, so
+  applying them gives `train_augment`'s image exactly (tests/data/test_photometric.py)."""
+  return _augment(rng, image, label, crop_size, scale, ratio_range, cat_max_ratio, ignore_index, True)
+
+
+def _augment(rng, image, label, crop_size, scale, ratio_range, cat_max_ratio, ignore_index, photometric):
+  """Geometry, the photometric draws (when asked for) and padding; the distortion itself is the caller's."""
   image, label = random_rescale(rng, image, label, scale, ratio_range)
   image, label = random_crop(rng, image, label, crop_size, cat_max_ratio, ignore_index)
   image, label = random_flip(rng, image, label)
-  if photometric:
-    image = photometric_distortion(rng, image)
+  params = np.concatenate([draw_photometric(rng) if photometric else np.zeros(PHOTOMETRIC_PARAMS, np.float32),
+                           np.asarray(label.shape, np.float32)])
   image, label = pad_to(image, label, crop_size, ignore_index)
-  return np.ascontiguousarray(image), np.ascontiguousarray(label)
+  return np.array(image, order="C"), np.ascontiguousarray(label), params

@@ -23,6 +23,7 @@ from zegot_jax.data import augment
 from zegot_jax.data.classes import IGNORE_INDEX, UNLABELLED, DatasetSpec
 
 SETTINGS = ("transductive", "inductive")
+PHOTOMETRIC = ("host", "device", "off")  # where photometric distortion is applied (device: `photometric.distort`)
 
 
 def unseen_lut(num_classes: int, unseen: Sequence[int], setting: str) -> np.ndarray:
@@ -43,13 +44,16 @@ class TrainAugment(grain.transforms.RandomMap):
   lut: np.ndarray = dataclasses.field(compare=False)
   ratio_range: tuple[float, float] = (0.5, 2.0)
   cat_max_ratio: float = 0.75
-  photometric: bool = True
+  photometric: str = "host"  # one of PHOTOMETRIC
 
   def random_map(self, element: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
-    image, label = augment.train_augment(
-        rng, element["image"], element["label"][..., 0], crop_size=(self.crop_size, self.crop_size),
-        scale=tuple(self.scale), ratio_range=tuple(self.ratio_range), cat_max_ratio=self.cat_max_ratio,
-        ignore_index=IGNORE_INDEX, photometric=self.photometric)
+    kw = dict(crop_size=(self.crop_size, self.crop_size), scale=tuple(self.scale), ratio_range=tuple(self.ratio_range),
+              cat_max_ratio=self.cat_max_ratio, ignore_index=IGNORE_INDEX)
+    if self.photometric == "device":  # drawn here, applied in the train step
+      image, label, params = augment.train_augment_deferred(rng, element["image"], element["label"][..., 0], **kw)
+      return {"image": image, "label": self.lut[label], "photometric": params}
+    image, label = augment.train_augment(rng, element["image"], element["label"][..., 0],
+                                         photometric=self.photometric == "host", **kw)
     return {"image": image, "label": self.lut[label]}
 
 
@@ -65,9 +69,14 @@ def _process_shard(source, process_index: int | None, process_count: int | None)
 
 def train_dataset(source, spec: DatasetSpec, *, batch_size: int, seed: int, setting: str = "transductive",
                   process_index: int | None = None, process_count: int | None = None, num_workers: int = 0,
-                  photometric: bool = True) -> grain.IterDataset:
+                  photometric: str | bool = "host") -> grain.IterDataset:
   """Endless stream of {"image": (b, crop, crop, 3) uint8, "label": (b, crop, crop) uint8} for this process;
-  batch_size is the per-process batch."""
+  batch_size is the per-process batch. `photometric`: "host" (here), "off", or "device": drawn here and applied
+  by `photometric.distort` on the device; then the batch also holds "photometric" (b, 11) float32 (True and False
+  mean "host" and "off")."""
+  photometric = {True: "host", False: "off"}.get(photometric, photometric)
+  if photometric not in PHOTOMETRIC:
+    raise ValueError(f"photometric={photometric!r}; expected one of {PHOTOMETRIC}")
   ds = _process_shard(source, process_index, process_count)
   if len(ds) < batch_size:
     raise ValueError(f"{spec.name}: this process's shard has {len(ds)} examples, fewer than batch_size={batch_size}")

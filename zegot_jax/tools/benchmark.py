@@ -31,6 +31,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from zegot_jax import errors, from_config, selftrain, trainer
+from zegot_jax.data import augment, photometric
 from zegot_jax.data import classes as classes_lib
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.clip import CLIP, vit_b16_config
@@ -75,6 +76,7 @@ class Bench:
     self.optimizer, self.lr_schedule = trainer.make_optimizer(c)
     self.schedule = trainer.make_schedule(c)
     self.images, self.labels = self.inputs(self.batch)
+    self.distortion = self.photometric(self.batch)
 
   def inputs(self, batch: int) -> tuple[jax.Array, jax.Array]:
     """Random uint8 images and labels, (B, S, S, 3) and (B, S, S): a tenth of the pixels ignored, and in the
@@ -87,6 +89,13 @@ class Bench:
     if self.unseen:
       labels[(draw >= 0.1) & (draw < 0.2)] = classes_lib.UNLABELLED
     return jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), np.uint8)), jnp.asarray(labels)
+
+  def photometric(self, batch: int) -> jax.Array:
+    """(B, 11) photometric distortions as the pipeline draws them, for crops without padding."""
+    rng = np.random.default_rng(1)
+    size = self.config.clip.image_size
+    return jnp.asarray(np.stack([np.concatenate([augment.draw_photometric(rng), [size, size]]) for _ in range(batch)]),
+                       jnp.float32)
 
   def apply(self, params, clip_params, method: str, *args):
     return self.model.apply({"params": zegot.merge_params(params, clip_params)}, *args, method=method)
@@ -102,7 +111,7 @@ class Bench:
     return state.replace(step=jnp.asarray(step, jnp.int32))
 
   def train_step(self) -> Callable:
-    """(state, clip_params, tokens, images, labels) → (state, metrics): the trainer's own step."""
+    """(state, clip_params, tokens, images, labels, photometric) → (state, metrics): the trainer's own step."""
     return trainer.make_train_step(self.model, self.optimizer, self.lr_schedule, self.schedule, self.unseen)
 
 
@@ -137,6 +146,8 @@ def account(bench: Bench, mode: str, repeats: int, cost_only_iterations: int | N
     rows.append(Row(name, cost, best_time(fn, *args, repeats=repeats)))
     return run(fn, *args)
 
+  if mode == "train":  # the pipeline draws it; the step applies it
+    part("photometric distortion", photometric.distort, images, bench.distortion)
   features = part("image tower", lambda c, im: apply(params, c, "encode_images", im), clip, images)
   f, f_bar = features.f, features.f_bar
   text = part("text tower", lambda p, c, t: apply(p, c, "encode_classes", t), params, clip, tokens)
@@ -205,7 +216,7 @@ def whole_step(bench: Bench, mode: str, repeats: int) -> dict[str, float]:
   step = bench.train_step()
   phases = (1, 2) if bench.unseen else (1,)
   return {f"train step, phase {phase}": best_time(step, bench.state(phase), clip, tokens, images, labels,
-                                                  repeats=repeats) for phase in phases}
+                                                  bench.distortion, repeats=repeats) for phase in phases}
 
 
 def step_memory(bench: Bench, mode: str, batch: int) -> int:
@@ -214,7 +225,8 @@ def step_memory(bench: Bench, mode: str, batch: int) -> int:
   if mode == "eval":
     return peak_memory(lambda p, c, t, im: bench.apply(p, c, "__call__", im, t)[0].logits,
                        bench.params, bench.clip_params, bench.tokens, images)
-  return peak_memory(bench.train_step(), bench.state(2), bench.clip_params, bench.tokens, images, labels,
+  distortion = jax.ShapeDtypeStruct((batch, bench.distortion.shape[1]), jnp.float32)
+  return peak_memory(bench.train_step(), bench.state(2), bench.clip_params, bench.tokens, images, labels, distortion,
                      donate=(0,))
 
 

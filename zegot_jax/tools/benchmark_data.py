@@ -12,7 +12,9 @@ textures_zs3 (optionally with a config, textures_zs3/tiny) is built as it is.
 
 Measured:
 - training: `pipeline.train_dataset` (decode, mmseg's augmentation to the dataset's crop, unseen marking,
-  batching), with 0 worker processes and with --workers; after warm-up batches, --batches batches are timed.
+  batching) with photometric distortion on the host, and on the device as the trainer runs it (its draws on the
+  host, `photometric.distort` in the jitted step), with 0 worker processes and (device) with --workers; after
+  warm-up batches, --batches batches are timed.
   CPU seconds (this process and its workers, all threads) are measured with the wall time: examples per CPU
   second is the rate per core (with 0 workers grain still reads on 2 threads, so the process may use more than
   one core).
@@ -101,9 +103,11 @@ def _timed(step: Callable[[], None], steps: int, examples_per_step: int, desc: s
   return Rate(steps * examples_per_step, time.perf_counter() - start, cpu_seconds() - cpu)
 
 
-def time_training(dataset: registry.Dataset, *, workers: int, batch: int, batches: int, seed: int) -> Rate:
+def time_training(dataset: registry.Dataset, *, workers: int, batch: int, batches: int, seed: int,
+                  photometric: str = "device") -> Rate:
+  """`photometric="device"` is what the trainer runs: the distortion's draws here, the distortion in the step."""
   it = iter(pipeline.train_dataset(dataset.splits["train"], dataset.spec, batch_size=batch, seed=seed,
-                                   process_index=0, process_count=1, num_workers=workers))
+                                   process_index=0, process_count=1, num_workers=workers, photometric=photometric))
   # Warm-up: workers start, and the batches read ahead while the first one was awaited are drained (the loop waits
   # on the pipeline from then on, so the timed batches are made while they are timed).
   for _ in range(4 + 2 * workers):
@@ -220,16 +224,18 @@ def main(argv):
     dataset, done = prepare(_DATASET.value, _COUNT.value, _SEED.value, pathlib.Path(workdir))
     spec = dataset.spec
     sizes = {k: len(v) for k, v in dataset.splits.items()}
-    train = [(w, time_training(dataset, workers=w, batch=_BATCH.value, batches=_BATCHES.value, seed=_SEED.value))
-             for w in sorted({0, _WORKERS.value})]
+    train = [((w, where), time_training(dataset, workers=w, batch=_BATCH.value, batches=_BATCHES.value,
+                                        seed=_SEED.value, photometric=where))
+             for w, where in [(0, "host"), (0, "device")] + ([(_WORKERS.value, "device")] if _WORKERS.value else [])]
     evaluation = time_eval(dataset, _EVAL_EXAMPLES.value)
     stages, facts = stage_breakdown(dataset, _STAGE_EXAMPLES.value, batch=_BATCH.value, seed=_SEED.value)
   print(f"\n{_DATASET.value} ({sizes}): {done}")
   print(f"machine: {os.cpu_count()} CPU cores, load average {load[0]:.1f} at the start, "
         f"{os.getloadavg()[0]:.1f} at the end (other processes' load lowers the wall-clock rates)\n")
   print("| pipeline | examples/s | CPU cores busy | examples/s per core |\n|---|---|---|---|")
-  for workers, rate in train:
-    print(f"| training, {workers} worker processes (batch {_BATCH.value}, {rate.examples} examples, crop "
+  for (workers, where), rate in train:
+    print(f"| training, photometric distortion on the {where}{' (as the trainer)' if where == 'device' else ''}, "
+          f"{workers} worker processes (batch {_BATCH.value}, {rate.examples} examples, crop "
           f"{spec.crop_size}²) | {rate.per_s:.1f} | {rate.cores:.2f} | {rate.per_core:.1f} |")
   print(f"| evaluation ({evaluation.examples} examples, short side {spec.eval_short_side}) | "
         f"{evaluation.per_s:.1f} | {evaluation.cores:.2f} | {evaluation.per_core:.1f} |")
@@ -242,10 +248,12 @@ def main(argv):
   for stage, value in stages:
     print(f"| {stage.replace('  ', '↳ ')} | {value:.2f} | {100 * value / total:.0f}% |")
   print(f"| total | {total:.2f} | 100% → {1e3 / total:.1f} examples/s per core |")
-  per_core = train[0][1].per_core
+  per_core = train[1][1].per_core
+  host = sum(v for stage, v in stages if stage == PHOTOMETRIC)
   print(f"\nTo feed {_IMAGES_PER_S.value:.0f} training images/s: {_IMAGES_PER_S.value / per_core:.1f} cores at the "
-        f"pipeline's {per_core:.1f} examples/s per core (0 workers), {_IMAGES_PER_S.value * total / 1e3:.1f} cores "
-        f"at the stage sum's {1e3 / total:.1f}.")
+        f"trainer's pipeline's {per_core:.1f} examples/s per core (0 workers, distortion on the device), "
+        f"{_IMAGES_PER_S.value * (total - host) / 1e3:.1f} cores at the stage sum without the distortion's "
+        f"{1e3 / (total - host):.1f}.")
 
 
 if __name__ == "__main__":
