@@ -10,11 +10,13 @@ byte-level tokenizer (at most a few tokens longer than CLIP's BPE). Nothing is d
 
 One row per part of the step, each part jitted alone on the outputs of the part before it:
 - GFLOP and GB accessed: XLA's cost analysis of that part on this backend. XLA counts a while loop's body once;
-  the batched Sinkhorn's loop is counted here once per block of iterations it ran (`loop_corrected`).
+  the batched Sinkhorn's loop is counted here once per block of iterations it ran (`costs.loop_corrected`).
 - time: measured on this device, the best of --repeats calls after compilation.
 - roofline: max(FLOPs / peak FLOP/s, bytes / HBM bandwidth) on an H100 and an H200 (`ROOFLINES`).
 Then the whole jitted step (phase 1, and phase 2 with its teacher): time, and peak memory per device by XLA's
 memory analysis (arguments + outputs + temporaries − donated) at the per-device batches --memory_batches.
+With --cost_only_iterations N nothing runs (abstract inputs, N Sinkhorn iterations assumed): FLOPs, bytes and
+memory at any batch on any machine. docs/speed.md has the results at the paper's settings.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "the train step (b
 _BATCH = flags.DEFINE_integer("batch", None, "images per measured step (default: the config's train.batch_size)",
                               lower_bound=1)
 _MEMORY_BATCHES = flags.DEFINE_list("memory_batches", ["4", "16"], "per-device batches whose peak memory is shown")
+flags.register_validator("memory_batches", lambda v: all(x.isdigit() and int(x) > 0 for x in v),
+                         "expected positive integers, e.g. 4,16")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype (default: the config's)")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per part", lower_bound=1)
 _COST_ONLY = flags.DEFINE_integer("cost_only_iterations", None, "count FLOPs, bytes and memory without running "
