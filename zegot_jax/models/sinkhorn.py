@@ -169,7 +169,7 @@ def implicit_plans(cost: jax.Array, config: SinkhornConfig) -> tuple[jax.Array, 
   With potentials f, g and T_ij = exp((f_i + g_j − C_ij)/ε), the marginal conditions T1 = μ, Tᵀ1 = ν give, for a
   cotangent G of T and H = G ⊙ T / ε, the cost cotangent  ∂L/∂C = T ⊙ (x ⊕ y) − H,  where (x, y) solves
       diag(μ) x + T y = H1,   Tᵀ x + diag(ν) y = Hᵀ1.
-  Eliminating x leaves the N×N system (diag(ν) − Tᵀ diag(1/μ) T) y = Hᵀ1 − Tᵀ (H1 / μ), singular only along
+  Eliminating x leaves the N×N system (diag(ν) − Tᵀ diag(1/μ) T) y = Hᵀ1 − Tᵀ (H1 / μ), singular only on
   the constant vector (the potentials' shift); adding 11ᵀ picks the solution with Σy = 0. Exact at convergence;
   the forward solve's threshold bounds the error.
   """

@@ -273,7 +273,8 @@ def format_report(bench: Bench, mode: str, rows: list[Row], whole: dict[str, flo
     in_step = [r for r in rows if r.part in mpot_parts and (r.part != "of which the teacher's MPOT" or
                                                             name.endswith("2"))]
     shares = ", ".join(f"{n} {100 * roof(in_step, n) / roof(members, n):.1f}%" for n in names)
-    lines.append(f"MPOT's share of the {name} at the roofline ({' + '.join(r.part.replace('of which ', '') for r in in_step)}): {shares}")
+    parts = " + ".join(r.part.replace("of which ", "") for r in in_step)
+    lines.append(f"MPOT's share of the {name} at the roofline ({parts}): {shares}")
   lines += [f"peak memory per device, {mode} step at batch {b}: {m / 2**30:.2f} GiB (XLA's memory analysis on "
             f"{device.platform})" for b, m in memory.items()]
   lines.append("roofline peaks: " + "; ".join(f"{n}: {f / 1e12:.0f} TFLOP/s bf16 dense, {bw / 1e12:.2f} TB/s HBM"

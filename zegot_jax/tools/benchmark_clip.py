@@ -118,10 +118,11 @@ def main(argv):
       error = relative_error(ours_text().astype(jnp.float32), _pooled(theirs_text()).float().numpy())
       rows.append((f"text tower {_PROMPTS.value} × 77 tokens", dtype_name, times, error))
   device = jax.devices()[0]
-  print(f"Flax CLIP (ours, jax {jax.__version__}, {device.device_kind}) against transformers {transformers.__version__} "
-        f"CLIPModel (torch {torch.__version__}, sdpa, {torch.get_num_threads()} threads); ViT-B/16 shapes, "
-        f"medians of {_REPEATS.value} interleaved calls")
-  print("| input | dtype | ours (ms) | PyTorch (ms) | ours faster by | relative difference |\n|---|---|---|---|---|---|")
+  print(f"Flax CLIP (ours, jax {jax.__version__}, {device.device_kind}) against transformers "
+        f"{transformers.__version__} CLIPModel (torch {torch.__version__}, sdpa, {torch.get_num_threads()} threads); "
+        f"ViT-B/16 shapes, medians of {_REPEATS.value} interleaved calls")
+  print("| input | dtype | ours (ms) | PyTorch (ms) | ours faster by | relative difference |")
+  print("|---|---|---|---|---|---|")
   for what, dtype_name, times, error in rows:
     print(f"| {what} | {dtype_name} | {1e3 * times['ours']:,.1f} | {1e3 * times['torch']:,.1f} | "
           f"{times['torch'] / times['ours']:.2f}× | {error:.1e} |")
