@@ -22,7 +22,7 @@ from PIL import Image
 
 from zegot_jax.data.classes import IGNORE_INDEX
 
-_HUE_PERIOD = 180.0  # OpenCV's 8-bit hue scale: degrees / 2.
+HUE_PERIOD = 180.0  # OpenCV's 8-bit hue scale: degrees / 2.
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,34 +213,35 @@ def pad_to(
 # Colour.
 
 
-def rgb_to_hsv(rgb: np.ndarray) -> np.ndarray:
-  """(..., 3) RGB in [0, 255] → float32 HSV with OpenCV's 8-bit scales: H in [0, 180), S and V in [0, 255]."""
-  r, g, b = np.moveaxis(rgb, -1, 0).astype(np.float32)
-  v = np.maximum(np.maximum(r, g), b)
-  chroma = v - np.minimum(np.minimum(r, g), b)
-  s = np.divide(chroma * 255.0, v, out=np.zeros_like(v), where=v > 0)
+def rgb_to_hsv(rgb: np.ndarray, xp=np) -> np.ndarray:
+  """(..., 3) RGB in [0, 255] → float32 HSV with OpenCV's 8-bit scales: H in [0, 180), S and V in [0, 255].
+  `xp`: numpy, or jax.numpy for the device (`photometric.py`): the same float32 operations in the same order."""
+  r, g, b = xp.moveaxis(rgb, -1, 0).astype(xp.float32)
+  v = xp.maximum(xp.maximum(r, g), b)
+  chroma = v - xp.minimum(xp.minimum(r, g), b)
+  s = xp.where(v > 0, chroma * 255.0 / xp.where(v > 0, v, 1.0), 0.0).astype(xp.float32)
   is_r, is_g = v == r, v == g
-  diff = np.where(is_r, g - b, np.where(is_g, b - r, r - g))  # position inside the sextant pair, times chroma
-  sector = np.divide(diff, chroma, out=np.zeros_like(v), where=chroma > 0)
-  sector += np.where(chroma > 0, np.where(is_r, 0.0, np.where(is_g, 2.0, 4.0)), 0.0).astype(np.float32)
-  h = np.mod(sector * np.float32(_HUE_PERIOD / 6.0), np.float32(_HUE_PERIOD))
-  return np.stack([h, s, v], axis=-1)
+  diff = xp.where(is_r, g - b, xp.where(is_g, b - r, r - g))  # position inside the sextant pair, times chroma
+  sector = xp.where(chroma > 0, diff / xp.where(chroma > 0, chroma, 1.0), 0.0).astype(xp.float32)
+  sector = sector + xp.where(chroma > 0, xp.where(is_r, 0.0, xp.where(is_g, 2.0, 4.0)), 0.0).astype(xp.float32)
+  h = xp.mod(sector * xp.float32(HUE_PERIOD / 6.0), xp.float32(HUE_PERIOD))
+  return xp.stack([h, s, v], axis=-1)
 
 
-def hsv_to_rgb(hsv: np.ndarray) -> np.ndarray:
-  """Inverse of `rgb_to_hsv`: float32 RGB in [0, 255] (not rounded).
+def hsv_to_rgb(hsv: np.ndarray, xp=np) -> np.ndarray:
+  """Inverse of `rgb_to_hsv`: float32 RGB in [0, 255] (not rounded); `xp` as there.
 
   Uses the branch-free form channel(n) = V - V * S * clip(min(k, 4 - k), 0, 1), k = (n + H / 60deg) mod 6, with
   n = 5, 3, 1 for R, G, B.
   """
-  h, s, v = np.moveaxis(hsv, -1, 0).astype(np.float32)
-  h6 = h / np.float32(_HUE_PERIOD / 6.0)
-  vs = v * (s / np.float32(255.0))
+  h, s, v = xp.moveaxis(hsv, -1, 0).astype(xp.float32)
+  h6 = h / xp.float32(HUE_PERIOD / 6.0)
+  vs = v * (s / xp.float32(255.0))
   channels = []
   for n in (5.0, 3.0, 1.0):
-    k = np.mod(np.float32(n) + h6, np.float32(6.0))
-    channels.append(v - vs * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
-  return np.stack(channels, axis=-1)
+    k = xp.mod(xp.float32(n) + h6, xp.float32(6.0))
+    channels.append(v - vs * xp.clip(xp.minimum(k, 4.0 - k), 0.0, 1.0))
+  return xp.stack(channels, axis=-1)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
@@ -270,7 +271,7 @@ def adjust_saturation_hue(image: np.ndarray, saturation: float | None, hue_shift
   if saturation is not None:
     hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(saturation), 0.0, 255.0)
   if hue_shift is not None:
-    hsv[..., 0] = np.mod(hsv[..., 0] + np.float32(hue_shift), _HUE_PERIOD)
+    hsv[..., 0] = np.mod(hsv[..., 0] + np.float32(hue_shift), HUE_PERIOD)
   return np.clip(np.rint(hsv_to_rgb(hsv)), 0, 255).astype(np.uint8)
 
 

@@ -12,38 +12,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from zegot_jax.data import augment
 from zegot_jax.data.augment import PHOTOMETRIC_PARAMS
-
-_HUE_PERIOD = 180.0  # OpenCV's 8-bit hue scale, as augment.py
 
 
 def _convert(x: jax.Array) -> jax.Array:
   """mmseg's `convert`: clip to [0, 255], truncate to uint8 (kept as float32 values)."""
   return jnp.trunc(jnp.clip(x, 0.0, 255.0))
-
-
-def _rgb_to_hsv(rgb: jax.Array) -> jax.Array:
-  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-  v = jnp.maximum(jnp.maximum(r, g), b)
-  chroma = v - jnp.minimum(jnp.minimum(r, g), b)
-  s = jnp.where(v > 0, chroma * 255.0 / jnp.where(v > 0, v, 1.0), 0.0)
-  is_r, is_g = v == r, v == g
-  diff = jnp.where(is_r, g - b, jnp.where(is_g, b - r, r - g))
-  sector = jnp.where(chroma > 0, diff / jnp.where(chroma > 0, chroma, 1.0), 0.0)
-  sector = sector + jnp.where(chroma > 0, jnp.where(is_r, 0.0, jnp.where(is_g, 2.0, 4.0)), 0.0)
-  h = jnp.mod(sector * jnp.float32(_HUE_PERIOD / 6.0), jnp.float32(_HUE_PERIOD))
-  return jnp.stack([h, s, v], axis=-1)
-
-
-def _hsv_to_rgb(hsv: jax.Array) -> jax.Array:
-  h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-  h6 = h / jnp.float32(_HUE_PERIOD / 6.0)
-  vs = v * (s / jnp.float32(255.0))
-  channels = []
-  for n in (5.0, 3.0, 1.0):
-    k = jnp.mod(jnp.float32(n) + h6, jnp.float32(6.0))
-    channels.append(v - vs * jnp.clip(jnp.minimum(k, 4.0 - k), 0.0, 1.0))
-  return jnp.stack(channels, axis=-1)
 
 
 def _one(image: jax.Array, p: jax.Array) -> jax.Array:
@@ -53,10 +28,10 @@ def _one(image: jax.Array, p: jax.Array) -> jax.Array:
       p[i] for i in range(PHOTOMETRIC_PARAMS))
   x = jnp.where(brightness > 0, _convert(x + delta), x)
   x = jnp.where((contrast_first > 0) & (contrast > 0), _convert(x * alpha), x)
-  hsv = _rgb_to_hsv(x)
+  hsv = augment.rgb_to_hsv(x, xp=jnp)
   hsv = hsv.at[..., 1].set(jnp.where(saturate > 0, jnp.clip(hsv[..., 1] * factor, 0.0, 255.0), hsv[..., 1]))
-  hsv = hsv.at[..., 0].set(jnp.where(shift_hue > 0, jnp.mod(hsv[..., 0] + shift, _HUE_PERIOD), hsv[..., 0]))
-  x = jnp.where((saturate > 0) | (shift_hue > 0), jnp.clip(jnp.rint(_hsv_to_rgb(hsv)), 0.0, 255.0), x)
+  hsv = hsv.at[..., 0].set(jnp.where(shift_hue > 0, jnp.mod(hsv[..., 0] + shift, augment.HUE_PERIOD), hsv[..., 0]))
+  x = jnp.where((saturate > 0) | (shift_hue > 0), jnp.clip(jnp.rint(augment.hsv_to_rgb(hsv, xp=jnp)), 0.0, 255.0), x)
   x = jnp.where((contrast_first == 0) & (contrast > 0), _convert(x * alpha), x)
   rows, cols = jnp.arange(image.shape[0])[:, None], jnp.arange(image.shape[1])[None, :]
   inside = ((rows < p[PHOTOMETRIC_PARAMS]) & (cols < p[PHOTOMETRIC_PARAMS + 1]))[..., None]  # not the padding
