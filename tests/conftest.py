@@ -1,5 +1,8 @@
-"""Shared fixtures: tiny random CLIP checkpoints written by transformers itself, a tokenizer for them, and the
-suite's dataset directory."""
+"""Shared fixtures: tiny random CLIP checkpoints written by transformers itself, a tokenizer for them, the
+suite's dataset directory, and a trained smoke run."""
+
+import importlib.util
+import pathlib
 
 import jax
 import numpy as np
@@ -56,3 +59,21 @@ def random_token_ids(rng: np.random.Generator, batch: int, length: int, eos: int
 def data_dir(tmp_path_factory):
   """One tensorflow_datasets directory for the suite: the synthetic worlds build themselves into it on first use."""
   return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+  """A run of configs/textures_zs3.py:runlocal=True trained for 2 steps (tiny CLIP, textures_zs3/tiny), with its
+  own dataset directory: prediction and the app read it."""
+  from zegot_jax import trainer  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
+  path = pathlib.Path(__file__).resolve().parents[1] / "configs" / "textures_zs3.py"
+  spec = importlib.util.spec_from_file_location("textures_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("runlocal=True")
+  config.data_dir = str(tmp_path_factory.mktemp("smoke_tfds"))
+  config.train.update(dict(steps=2, checkpoint_every=2, eval_every=0))
+  workdir = tmp_path_factory.mktemp("smoke_run")
+  trainer.train_and_evaluate(config, workdir)
+  return workdir

@@ -1,6 +1,5 @@
 """Single-image prediction with any class list, from a trained run."""
 
-import importlib.util
 import json
 import pathlib
 import subprocess
@@ -10,23 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zegot_jax import checkpoints, errors, evaluation, prediction, trainer
+from zegot_jax import checkpoints, errors, evaluation, prediction
 from zegot_jax.data import textures
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-  spec = importlib.util.spec_from_file_location("textures_config", ROOT / "configs" / "textures_zs3.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("runlocal=True")
-  config.data_dir = str(tmp_path_factory.mktemp("tfds"))
-  config.train.update(dict(steps=2, checkpoint_every=2, eval_every=0))
-  workdir = tmp_path_factory.mktemp("run")
-  trainer.train_and_evaluate(config, workdir)
-  return workdir
+def run(smoke_run):
+  return smoke_run
 
 
 def test_predict_and_evaluation_give_the_same_logits(run):
@@ -38,11 +29,12 @@ def test_predict_and_evaluation_give_the_same_logits(run):
   evaluator.segmenter.set_params(trained.params)
   source = evaluation.evaluation_split(config, evaluator.dataset)
   path = run / "eval_image.png"
+  predictor = prediction.Predictor(run)
   for i in (0, 1):
     Image.fromarray(source[i]["image"]).save(path)
     ex = evaluator.examples[i]
     expected = np.asarray(evaluator.segmenter.logits(ex["image"], ex["label"].shape))
-    got = np.asarray(prediction.image_logits(trained, config, prediction.read_image(path), list(evaluator.spec.classes)))
+    got = np.asarray(predictor.logits(prediction.read_image(path), list(evaluator.spec.classes)))
     assert got.shape == expected.shape == (*ex["label"].shape, len(evaluator.spec.classes))
     np.testing.assert_array_equal(got, expected)
 
@@ -144,3 +136,43 @@ def test_the_cli_reports_mistakes_in_one_line(run, image_path, tmp_path):
   (broken / "config.json").write_text((run / "config.json").read_text()[:100])  # cut by a crash or a full disk
   assert cli("--workdir", str(broken), "--image", str(image_path), "--classes", "star").startswith(
       f"error: {broken / 'config.json'} is damaged (")
+
+
+def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path):
+  """Orientation 6 (the camera was turned a quarter clockwise): the pixels are stored on their side and shown
+  rotated 90° clockwise; predict reads them as shown."""
+  stored = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(stored).save(tmp_path / "photo.png", exif=exif)
+  np.testing.assert_array_equal(prediction.read_image(tmp_path / "photo.png"), np.rot90(stored, k=-1))
+
+
+def test_an_image_over_max_side_is_downscaled_not_refused(run, image_path, tmp_path):
+  big = np.asarray(Image.open(image_path).resize((144, 160), Image.Resampling.NEAREST))  # (160, 144)
+  Image.fromarray(big).save(tmp_path / "big.png")
+  summary = prediction.predict(run, tmp_path / "big.png", ["star", "ring"], max_side=100, out=tmp_path / "out")
+  assert summary["size"] == [100, 90]
+  assert np.asarray(Image.open(tmp_path / "out" / "labels.png")).shape == (100, 90)
+  assert prediction.fit_within(big, 200) is big
+
+
+def test_one_predictor_serves_class_lists_and_images_without_recompiling(run, image_path):
+  """Switching class lists keeps each list's logits exact (text embeddings cached per list), and a second request
+  of the same size and number of classes compiles nothing."""
+  import jax.monitoring
+
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, duration, **_: compiles.append(event) if event.endswith("backend_compile_duration") else None)
+  predictor = prediction.Predictor(run)
+  image = prediction.read_image(image_path)
+  first = np.asarray(predictor.logits(image, ["star", "ring", "cross"]))
+  other = np.asarray(predictor.logits(image, ["dots", "plain", "waves"]))
+  before = len(compiles)
+  again = np.asarray(predictor.logits(image[::-1].copy(), ["star", "ring", "cross"]))  # another image, same size
+  assert len(compiles) == before
+  np.testing.assert_array_equal(np.asarray(predictor.logits(image, ["star", "ring", "cross"])), first)
+  assert not np.array_equal(again, first)
+  fresh = prediction.Predictor(run)
+  np.testing.assert_array_equal(np.asarray(fresh.logits(image, ["dots", "plain", "waves"])), other)

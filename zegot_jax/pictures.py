@@ -48,10 +48,11 @@ def palette(n: int) -> np.ndarray:
   return (np.asarray(rgb) * 255).astype(np.uint8)
 
 
-def _heat(scores: np.ndarray) -> np.ndarray:
-  """(h, w) floats → (h, w, 3) uint8, min-max scaled, dark blue → yellow."""
-  lo, hi = float(scores.min()), float(scores.max())
-  t = (scores - lo) / max(hi - lo, 1e-6)
+def _heat(scores: np.ndarray, lo: float | None = None, hi: float | None = None) -> np.ndarray:
+  """(h, w) floats → (h, w, 3) uint8, dark blue (lo) → yellow (hi); lo, hi default to the map's min and max."""
+  lo = float(scores.min()) if lo is None else lo
+  hi = float(scores.max()) if hi is None else hi
+  t = np.clip((scores - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
   dark, bright = np.array([20, 30, 90], np.float32), np.array([250, 230, 40], np.float32)
   return (dark + t[..., None] * (bright - dark)).astype(np.uint8)
 
@@ -81,6 +82,19 @@ def _panel(array: np.ndarray, title: str, font) -> Image.Image:
   return panel
 
 
+def _prompt_panels(prompt_maps: np.ndarray, name: str, font) -> list[Image.Image]:
+  """One panel per prompt of a class's score maps (h, w, N), each min-max scaled."""
+  return [_panel(_heat(prompt_maps[..., n]), f"{name}: prompt {n + 1}", font) for n in range(prompt_maps.shape[-1])]
+
+
+def _strip(panels: list[Image.Image], height: int) -> Image.Image:
+  """The panels side by side, GAP apart, on a white strip of `height`."""
+  row = Image.new("RGB", (len(panels) * (PANEL + GAP) - GAP, height), (255, 255, 255))
+  for i, panel in enumerate(panels):
+    row.paste(panel, (i * (PANEL + GAP), 0))
+  return row
+
+
 def figure_row(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, prompt_maps: np.ndarray,
                class_names: list[str], unseen: list[int], shown_class: int) -> Image.Image:
   """One row: image (H, W, 3) uint8, label and prediction (H, W) class indices, prompt_maps (h, w, N) of
@@ -90,16 +104,12 @@ def figure_row(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, pro
   panels = [_panel(image, "input", font), _panel(_colour_labels(label, colours), "ground truth", font),
             _panel(_dim_unlabelled(_colour_labels(prediction, colours), label, len(class_names)), "prediction",
                    font)]
-  name = class_names[shown_class]
-  panels += [_panel(_heat(prompt_maps[..., n]), f"{name}: prompt {n + 1}", font)
-             for n in range(prompt_maps.shape[-1])]
+  panels += _prompt_panels(prompt_maps, class_names[shown_class], font)
   present = sorted({int(k) for k in np.unique(np.concatenate([label.ravel(), prediction.ravel()]))
                     if k < len(class_names)})
   legend_rows = max(1, -(-len(present) // 4))
-  width = len(panels) * (PANEL + GAP) - GAP
-  row = Image.new("RGB", (width, HEADER + PANEL + GAP + legend_rows * LEGEND_ROW), (255, 255, 255))
-  for i, panel in enumerate(panels):
-    row.paste(panel, (i * (PANEL + GAP), 0))
+  row = _strip(panels, HEADER + PANEL + GAP + legend_rows * LEGEND_ROW)
+  width = row.width
   draw = ImageDraw.Draw(row)
   column = width // 4
   for j, k in enumerate(present):
@@ -110,9 +120,18 @@ def figure_row(image: np.ndarray, label: np.ndarray, prediction: np.ndarray, pro
   return row
 
 
+def class_maps_row(image: np.ndarray, prompt_maps: np.ndarray, probability: np.ndarray, name: str) -> Image.Image:
+  """Figure 1 for one class of any image: the input, the score map S* (eq. 8) of each of its N prompts
+  (h, w, N; each min-max scaled), their sum M(S*) (eq. 9), and its final probability σ(Y*) (eq. 11) at the
+  image's size (H, W), scaled 0 (dark) to 1 (bright)."""
+  font = ImageFont.load_default()
+  panels = [_panel(image, "input", font), *_prompt_panels(prompt_maps, name, font),
+            _panel(_heat(prompt_maps.sum(-1)), f"{name}: sum M(S*)", font),
+            _panel(_heat(probability, 0.0, 1.0), f"{name}: final", font)]
+  return _strip(panels, HEADER + PANEL)
 
 
-def _resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """(h, w, 3) uint8 → (H, W, 3) uint8, bilinear; unchanged when already that size."""
   if image.shape[:2] == tuple(size):
     return image
@@ -147,10 +166,10 @@ class Pictures:
     label = ex["label"]
     logits = self.segmenter.logits(ex["image"], label.shape)  # (H, W, K), as evaluation computes it
     prediction = np.asarray(metrics.predict_labels(logits, self.seen_mask, self.seen_bias)).astype(np.uint8)
-    window = _resized(ex["image"], (self.segmenter.crop_size,) * 2)
+    window = resized(ex["image"], (self.segmenter.crop_size,) * 2)
     _, fused = self.segmenter.score_maps(window)  # S*: (h, w, K, N)
     shown = spec.unseen[int(np.argmax([(label == k).sum() for k in spec.unseen]))]
-    return figure_row(_resized(ex["image"], label.shape), label, prediction, np.asarray(fused[:, :, shown]), names,
+    return figure_row(resized(ex["image"], label.shape), label, prediction, np.asarray(fused[:, :, shown]), names,
                       list(spec.unseen), shown)
 
   def __call__(self, params: Any, step: int) -> pathlib.Path:

@@ -10,9 +10,13 @@ images of the same name never share a directory; a rerun replaces what an earlie
   mask_<class>.png   one black/white mask per class
   summary.json       the fraction of the image each class covers
 
+--max_side N downscales an image whose long side is over N pixels first (the app does so at 1024), so the outputs
+have the downscaled size; without it the image is segmented at its full size.
+
 The run's config is read from <workdir>/config.json (written by training) unless --config is given. The image is
 resized so its short side is the run's input size, segmented with sliding windows, and the per-class sigmoid
-scores are resized back to the original image. 16-bit and float images are scaled to 8 bits (`data/images.py`).
+scores are resized back to the original image. 16-bit and float images are scaled to 8 bits (`data/images.py`);
+a photo is turned upright by its EXIF orientation first.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ def _define_flags() -> dict:
       classes=flags.DEFINE_list("classes", None, "comma-separated class names, e.g. 'star,ring,cat'"),
       threshold=flags.DEFINE_float("threshold", 0.0, "pixels whose best class probability is below stay unassigned"),
       step=flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)"),
+      max_side=flags.DEFINE_integer("max_side", None, "downscale images whose long side is over this many pixels"),
       out=flags.DEFINE_string("out", None, "output directory (default: <workdir>/predictions/<image name>-<hash>)"),
       config=flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)"),
   )
@@ -45,7 +50,7 @@ def main(argv, f: dict):
   if f["config"].value:
     config = config_lib.load_config(f["config"].value)
   summary = predict(f["workdir"].value, f["image"].value, f["classes"].value, config=config, step=f["step"].value,
-                    threshold=f["threshold"].value, out=f["out"].value)
+                    threshold=f["threshold"].value, out=f["out"].value, max_side=f["max_side"].value)
   for name, share in sorted(summary["coverage"].items(), key=lambda kv: -kv[1]):
     print(f"{name:<24} {100 * share:6.2f}%")
   print(f"unassigned               {100 * summary['unassigned']:6.2f}%\nwritten to {summary['out']}")

@@ -7,6 +7,7 @@ through it.
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -99,24 +100,27 @@ def image_logits(window_logits: Callable[[jax.Array], jax.Array], image: np.ndar
 
 
 class Segmenter:
-  """A trained ZegOT's inference for one class list.
+  """A trained ZegOT's inference for a class list.
 
     segmenter = Segmenter(model, tokenizer, ["cat", "grass"], crop_size=512, stride=426, mesh=mesh, params=params)
     logits = segmenter.logits(image)            # (H, W, K) Y* of eq. 11, float32
     segmenter.set_params(new_params)            # e.g. the next periodic evaluation: same compiled programs
+    segmenter.set_classes(["car", "road"])      # another class list (prediction, the app): same programs too
 
-  The text embeddings g (K, N, D) are computed once per set of parameters (`set_params`), not per image. The
-  jitted programs belong to the segmenter and take the parameters and the text as arguments, so one segmenter
-  evaluates every checkpoint of a run with one compilation per window shape.
+  The text embeddings g (K, N, D) of a class list are computed once per set of parameters and kept for the last
+  `text_cache` class lists, not computed per image. The jitted programs belong to the segmenter and take the
+  parameters and the text as arguments, so one segmenter evaluates every checkpoint of a run, and segments with
+  any class list, with one compilation per window count and number of classes.
   """
 
   def __init__(self, model: zegot.ZegOT, tokenizer, class_names: Sequence[str], *, crop_size: int, stride: int,
-               mesh: jax.sharding.Mesh, batch_windows: int | None = None, params: Any = None):
-    self.model = model
-    self.class_names = prompts.check_class_names(class_names)
+               mesh: jax.sharding.Mesh, batch_windows: int | None = None, params: Any = None,
+               text_cache: int = 16):
+    self.model, self.tokenizer = model, tokenizer
     self.crop_size, self.stride, self.batch_windows = crop_size, stride, batch_windows
-    self._tokens = jax.device_put(zegot.class_tokens(tokenizer, self.class_names, model.config),
-                                  NamedSharding(mesh, P()))
+    self._replicated = NamedSharding(mesh, P())
+    self._texts: collections.OrderedDict[tuple[str, ...], jax.Array] = collections.OrderedDict()
+    self._text_cache = max(text_cache, 1)
     self._encode = jax.jit(lambda params, tokens: model.apply({"params": params}, tokens, method="encode_classes"))
 
     def segment(params, text, images):  # ZegOT.segment: (output, aux)
@@ -130,6 +134,7 @@ class Segmenter:
 
     self._maps = jax.jit(maps)
     self.params = self.text = None
+    self.set_classes(class_names)
     if params is not None:
       self.set_params(params)
 
@@ -137,13 +142,31 @@ class Segmenter:
   def num_classes(self) -> int:
     return len(self.class_names)
 
+  def set_classes(self, class_names: Sequence[str]) -> None:
+    """Segment with another class list (names checked: none empty, none repeated); its text embeddings are
+    computed with the current parameters, or taken from the cache."""
+    self.class_names = prompts.check_class_names(class_names)
+    self.text = None if self.params is None else self._text_of(tuple(self.class_names))
+
   def set_params(self, params: Any) -> None:
     """Segment with `params` (the full tree: trainable + "clip"); computes the text embeddings, once: setting
     the same tree again (e.g. evaluation, then its pictures) keeps them."""
     if params is self.params:
       return
     self.params = params
-    self.text = self._encode(params, self._tokens)  # (K, N, D)
+    self._texts.clear()  # embeddings of the previous parameters
+    self.text = self._text_of(tuple(self.class_names))
+
+  def _text_of(self, names: tuple[str, ...]) -> jax.Array:
+    """g (K, N, D) of a class list with the current parameters: computed once, kept for the last few lists."""
+    if names in self._texts:
+      self._texts.move_to_end(names)
+      return self._texts[names]
+    tokens = jax.device_put(zegot.class_tokens(self.tokenizer, list(names), self.model.config), self._replicated)
+    self._texts[names] = self._encode(self.params, tokens)
+    while len(self._texts) > self._text_cache:
+      self._texts.popitem(last=False)
+    return self._texts[names]
 
   def _bound(self) -> tuple[Any, jax.Array]:
     if self.params is None:

@@ -1,0 +1,172 @@
+"""The browser app (`python -m zegot_jax.app`), started on a trained smoke run and driven in a real headless
+Chromium (Debian's chromium and chromium-driver, through Selenium): what the page shows equals what
+`zegot_jax.predict` writes for the same input, pixel for pixel; bad inputs get a message and the app keeps serving.
+
+Skipped where Chromium is not installed, except when ZEGOT_REQUIRE_BROWSER=1 (CI sets it): then it fails.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from zegot_jax import checkpoints, prediction
+from zegot_jax.app import browser
+from zegot_jax.data import registry, textures
+from zegot_jax.pictures import class_maps_row
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+MISSING = browser.missing()
+REQUIRED = os.environ.get("ZEGOT_REQUIRE_BROWSER") == "1"
+needs_browser = pytest.mark.skipif(MISSING is not None and not REQUIRED, reason=f"no browser: {MISSING}")
+
+
+@pytest.fixture(scope="module")
+def page(smoke_run, tmp_path_factory):
+  """One app server and one page for the module (each test leaves the page usable)."""
+  if MISSING:
+    pytest.fail(f"ZEGOT_REQUIRE_BROWSER=1 but {MISSING}")
+  log = tmp_path_factory.mktemp("app") / "app.log"
+  try:
+    with browser.AppServer(smoke_run, "--examples=2", log=log) as url, browser.Page(url) as opened:
+      opened.server_log = log
+      yield opened
+  finally:
+    print(log.read_text()[-3000:] if log.exists() else "no log")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+  """A non-square scene, a 16-bit grey copy stored on its side with EXIF orientation 6, a large scene (over the
+  app's 1024 px), and a file that is not an image."""
+  d = tmp_path_factory.mktemp("uploads")
+  scene, _, _ = textures.render_scene(np.random.default_rng(3), 80)
+  Image.fromarray(scene[:, :72]).save(d / "scene.png")
+  grey16 = (np.asarray(Image.fromarray(scene[:72, :60]).convert("L")).astype(np.uint16) * 257)
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  Image.fromarray(np.rot90(grey16, k=1).copy()).save(d / "grey16_rotated.png", exif=exif)
+  Image.fromarray(scene).resize((1200, 400), Image.Resampling.NEAREST).save(d / "large.png")
+  (d / "notes.txt").write_text("not an image\n")
+  return d
+
+
+def predicted(run, image, names, out, **kw):
+  """What `zegot_jax.predict` writes for this input: (overlay, {mask file: mask}, summary)."""
+  summary = prediction.predict(run, image, names, out=out, **kw)
+  masks = {f: np.asarray(Image.open(out / f)) for f in summary["masks"]}
+  return np.asarray(Image.open(out / "overlay.png")), masks, summary
+
+
+@needs_browser
+def test_the_page_shows_predicts_overlay_and_masks_pixel_for_pixel(page, smoke_run, images, tmp_path):
+  names = ["zigzag", "dots", "a new class", "plain"]
+  assert page.upload(images / "scene.png") == "scene.png: 72×80 as segmented"
+  page.set_classes(", ".join(names))
+  assert page.segment().startswith("scene.png: 72×80, segmented in ")
+  overlay, masks, summary = predicted(smoke_run, images / "scene.png", names, tmp_path)
+  np.testing.assert_array_equal(page.image("overlay"), overlay)
+  shown = page.masks()
+  assert list(shown) == list(masks) == ["mask_000_zigzag.png", "mask_001_dots.png", "mask_002_a_new_class.png",
+                                        "mask_003_plain.png"]
+  for file, mask in masks.items():
+    np.testing.assert_array_equal(shown[file], mask)
+  shares = page.shares()
+  for name, share in summary["coverage"].items():  # the classes present, marked as the dataset knows them
+    if share > 0:
+      tag = {"zigzag": "unseen", "dots": "seen", "plain": "seen"}.get(name, "new")
+      assert f"{name} ({tag})" in shares
+
+  # The threshold, typed into the slider's box, segments again with the same files as predict --threshold.
+  confidence = prediction.Predictor(smoke_run).segment(prediction.read_image(images / "scene.png"), names).confidence
+  threshold = float(np.round(np.median(confidence) * 20) / 20)  # the slider's step is 0.05
+  assert 0 < (confidence < threshold).mean() < 1
+  page.set_threshold(threshold)
+  overlay, masks, summary = predicted(smoke_run, images / "scene.png", names, tmp_path / "t", threshold=threshold)
+  assert 0 < summary["unassigned"] < 1
+  np.testing.assert_array_equal(page.image("overlay"), overlay)
+  assert all(np.array_equal(page.masks()[f], m) for f, m in masks.items())
+  assert "unassigned" in page.shares()
+  page.set_threshold(0)
+
+
+@needs_browser
+def test_grey_16_bit_rotated_and_large_images_are_read_as_predict_reads_them(page, smoke_run, images, tmp_path):
+  names = ["stripes", "checks", "plain"]
+  page.set_classes(", ".join(names))
+  assert page.upload(images / "grey16_rotated.png") == "grey16_rotated.png: 60×72 as segmented"  # upright
+  page.segment()
+  overlay, _, _ = predicted(smoke_run, images / "grey16_rotated.png", names, tmp_path / "a")
+  np.testing.assert_array_equal(page.image("overlay"), overlay)
+  page.upload(images / "large.png")
+  assert page.segment().startswith("large.png: 1200×400, downscaled to 1024×341, segmented in ")
+  overlay, _, summary = predicted(smoke_run, images / "large.png", names, tmp_path / "b", max_side=1024)
+  assert summary["size"] == [341, 1024]
+  np.testing.assert_array_equal(page.image("overlay"), overlay)
+
+
+@needs_browser
+def test_the_score_maps_of_a_chosen_class(page, smoke_run, images):
+  names = ["zigzag", "dots", "plain"]
+  page.upload(images / "scene.png")
+  page.set_classes(", ".join(names))
+  page.segment()
+  assert page.choose_class("dots (seen)").endswith("score_maps_001_dots.png")
+  predictor = prediction.Predictor(smoke_run)
+  image = prediction.read_image(images / "scene.png")
+  fused = predictor.score_maps(image, names)  # (h, w, K, N)
+  probability = 1 / (1 + np.exp(-np.asarray(predictor.segment(image, names).logits[..., 1])))
+  expected = np.asarray(class_maps_row(image, fused[:, :, 1], probability, "dots"))
+  np.testing.assert_array_equal(page.image("score_maps"), expected)
+
+
+@needs_browser
+def test_the_examples_are_the_runs_evaluation_images_with_an_unseen_class(page, smoke_run, tmp_path):
+  config = checkpoints.read_run_config(smoke_run)
+  dataset = registry.load(config.dataset, config.data_dir)
+  split = config.eval.split
+  name = page.pick_example(1).split(":")[0]  # e.g. textures_zs3_tiny_test_0003.png
+  assert name.startswith(f"{dataset.spec.name.replace('/', '_')}_{split}_")
+  example = dataset.splits[split][int(name[-8:-4])]
+  assert np.isin(example["label"], dataset.spec.unseen).any()
+  Image.fromarray(example["image"]).save(tmp_path / name)
+  page.set_classes("zigzag, dots, plain")
+  page.segment()
+  overlay, _, _ = predicted(smoke_run, tmp_path / name, ["zigzag", "dots", "plain"], tmp_path / "out")
+  np.testing.assert_array_equal(page.image("overlay"), overlay)
+
+
+@needs_browser
+def test_bad_inputs_show_a_message_and_the_app_keeps_serving(page, images):
+  page.upload(images / "scene.png")
+  page.set_classes("")
+  assert page.segment() == "error: no class names: type them separated by commas, e.g. 'zigzag, dots, plain'"
+  assert page.image_urls("overlay") == []  # no earlier result beside the error
+  page.set_classes("zigzag, dots, Zigzag")
+  assert page.segment().startswith("error: class names: class names repeat (case-insensitively): ['Zigzag']")
+  page.set_classes("zigzag, , dots")
+  assert page.segment().startswith("error: class names: class names at positions [1] are empty")
+  message = ("error: notes.txt: not a readable image (UnidentifiedImageError); expected a PNG, JPEG, BMP, GIF, TIFF "
+             "or WebP file")
+  assert page.upload(images / "notes.txt") == message
+  page.set_classes("zigzag, dots")
+  assert page.segment() == message
+  page.upload(images / "scene.png")
+  assert page.segment().startswith("scene.png: 72×80")
+  assert page.image("overlay").shape[1] >= 72
+
+
+def test_the_cli_reports_mistakes_in_one_line(tmp_path):
+  def cli(*args):
+    done = subprocess.run([sys.executable, "-m", "zegot_jax.app", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-3000:]
+    return done.stderr.strip()
+
+  assert cli("--workdir", str(tmp_path), "--port", "0") == "error: --port=0: expected a port number in 1-65535"
+  assert cli("--workdir", str(tmp_path)) == (f"error: {tmp_path / 'config.json'} does not exist: --workdir must be a "
+                                             f"training run's directory (or pass --config)")

@@ -1,0 +1,79 @@
+r"""Serves a trained run in the browser: upload an image, type class names, see the segmentation, the per-class
+masks and shares, and each prompt's score maps of a chosen class.
+
+  python -m zegot_jax.app --workdir runs/demo                  # then open http://127.0.0.1:7860
+  python -m zegot_jax.app --workdir runs/voc --port 8080 --host 0.0.0.0 --max_side 2048
+
+The page segments through the same `Predictor` as `python -m zegot_jax.predict` and writes the same files (the
+overlay and masks are predict's, pixel for pixel). The model is loaded once; a class list's text embeddings are
+kept; the model's program is compiled on the first request of each window count and number of classes, and
+reused. When the run's dataset is built (the demo's is), its first evaluation images with an unseen class are
+offered as examples. Needs the `app` extra: pip install -e ".[app]".
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import tempfile
+import time
+
+from absl import flags, logging
+
+from zegot_jax import config_lib, errors
+from zegot_jax.errors import ConfigError
+
+
+def _define_flags() -> dict:
+  """The CLI's flags, defined only when run as a program (so that importing this module defines none)."""
+  return dict(
+      workdir=flags.DEFINE_string("workdir", None, "a training run's directory"),
+      port=flags.DEFINE_integer("port", 7860, "the port to serve on"),
+      host=flags.DEFINE_string("host", "127.0.0.1", "the address to serve on (0.0.0.0: every interface)"),
+      step=flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)"),
+      config=flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)"),
+      max_side=flags.DEFINE_integer("max_side", 1024, "images whose long side is over this are downscaled to it"),
+      examples=flags.DEFINE_integer("examples", 6, "evaluation images offered as examples (0: none)"),
+  )
+
+
+def _import_gradio():
+  os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the app works offline
+  try:
+    import gradio  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  except ImportError as e:
+    raise ConfigError('the app needs Gradio, which the "app" extra installs: pip install -e ".[app]"') from e
+  return gradio
+
+
+def main(argv, f: dict):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  if not 1 <= f["port"].value <= 65535:
+    raise ConfigError(f"--port={f['port'].value}: expected a port number in 1-65535")
+  if f["max_side"].value < 64:
+    raise ConfigError(f"--max_side={f['max_side'].value}: expected at least 64 pixels")
+  _import_gradio()
+  from zegot_jax import prediction  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from zegot_jax.app import session as session_lib, ui  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
+  start = time.perf_counter()
+  config = config_lib.load_config(f["config"].value) if f["config"].value else None
+  predictor = prediction.Predictor(f["workdir"].value, config, f["step"].value)
+  with tempfile.TemporaryDirectory(prefix="zegot_app_") as out_root:
+    session = session_lib.Session(predictor, out_root, max_side=f["max_side"].value)
+    page = ui.build(session, session.examples(f["examples"].value))
+    url = f"http://{f['host'].value}:{f['port'].value}"
+    print(f"serving {predictor.workdir} (step {predictor.step}) at {url} after {time.perf_counter() - start:.1f} s; "
+          f"Ctrl-C stops", flush=True)
+    try:
+      page.launch(server_name=f["host"].value, server_port=f["port"].value, allowed_paths=[out_root], quiet=True,
+                  ssr_mode=False, show_error=False, theme=ui.THEME, css=ui.CSS, footer_links=[])
+    except OSError as e:
+      raise ConfigError(f"cannot serve at {url} ({e}); pass another --port, or stop what uses this one") from e
+
+
+if __name__ == "__main__":
+  _flags = _define_flags()
+  flags.mark_flags_as_required(["workdir"])
+  errors.run(functools.partial(main, f=_flags))

@@ -1,0 +1,211 @@
+"""What the app does for each request, without the web page: parse the class list, read the image, segment it
+through the run's one `Predictor`, write the files `predict` writes and describe them for the page.
+
+Everything here returns plain values (file paths, dicts, messages), so the page (`ui.py`) only wires them to its
+components, and tests can call it directly. Requests are served one at a time (one lock): the Predictor's
+Segmenter holds the current class list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pathlib
+import re
+import shutil
+import threading
+import time
+from collections import OrderedDict
+
+import jax
+import numpy as np
+from PIL import Image
+
+from zegot_jax import prediction
+from zegot_jax.data import registry
+from zegot_jax.errors import UserError, one_line
+from zegot_jax.models import prompts
+from zegot_jax.pictures import class_maps_row
+
+MAX_SIDE = 1024  # images with a longer side are downscaled to it (the outputs then have the downscaled size)
+KEEP_REQUESTS = 32  # output directories kept (older ones are deleted)
+
+
+class InputError(UserError, ValueError):
+  """Something the user gave the page that cannot be used: shown in the page as one line."""
+
+
+def parse_class_names(text: str | None) -> list[str]:
+  """Comma-separated class names as typed (spaces around them ignored); InputError naming what is wrong."""
+  names = [n.strip() for n in (text or "").split(",")]
+  if names == [""]:
+    raise InputError("no class names: type them separated by commas, e.g. 'zigzag, dots, plain'")
+  try:
+    return prompts.check_class_names(names)
+  except ValueError as e:
+    raise InputError(f"class names: {e}; type each name once, separated by commas, e.g. 'zigzag, dots, plain'") \
+        from e
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+  """One segmentation as the page shows it."""
+
+  overlay: str  # overlay.png: the image, each class tinted, a legend of names and shares
+  masks: list[tuple[str, str]]  # (mask_<k>_<name>.png, caption) per class
+  shares: dict[str, float]  # "name (seen)" → share of the image, for the classes present; "unassigned" if any
+  class_names: list[str]
+  shown: str  # the class whose score maps are drawn first
+  score_maps: str  # class_maps_row of `shown`
+  summary: dict  # what write_outputs returned (also in summary.json beside the files)
+  message: str  # one line: the image, its size, timings
+
+
+class Session:
+  """The app's state: one Predictor (one model load), the last few segmentations, the request directories.
+
+    session = Session(prediction.Predictor("runs/demo"), out_root)
+    result = session.segment("photo.jpg", "zigzag, dots, plain", threshold=0.0)
+    path = session.score_maps("photo.jpg", "zigzag, dots, plain", "dots")
+  """
+
+  def __init__(self, predictor: prediction.Predictor, out_root: str | pathlib.Path, *, max_side: int = MAX_SIDE,
+               cache: int = 4):
+    self.predictor, self.max_side = predictor, max_side
+    self.out_root = pathlib.Path(out_root)
+    self.out_root.mkdir(parents=True, exist_ok=True)
+    spec = predictor.spec
+    self.dataset_classes = {name.lower(): ("unseen" if k in spec.unseen else "seen")
+                            for k, name in enumerate(spec.classes)}
+    self._segmentations: OrderedDict[tuple, prediction.Segmentation] = OrderedDict()
+    self._cache = cache
+    self._requests = 0
+    self._lock = threading.Lock()
+
+  # What the page says about the run.
+
+  def describe(self) -> str:
+    spec, step = self.predictor.spec, self.predictor.step
+    seen = [n for k, n in enumerate(spec.classes) if k not in spec.unseen]
+    unseen = [spec.classes[k] for k in spec.unseen]
+    return (f"Run `{self.predictor.workdir}`, step {step}, trained on `{spec.name}`. Any class names work; "
+            f"the dataset's are marked: seen (labelled in training): {', '.join(seen)}; unseen (never labelled): "
+            f"{', '.join(unseen)}. Images over {self.max_side} px are downscaled to {self.max_side} px.")
+
+  def tag(self, name: str) -> str:
+    """'name (seen)', 'name (unseen)' or 'name (new)': what the run's dataset knows of a class name."""
+    return f"{name} ({self.dataset_classes.get(name.lower(), 'new')})"
+
+  def default_classes(self) -> str:
+    return ", ".join(self.predictor.spec.classes)
+
+  # Requests.
+
+  def read(self, path: str | pathlib.Path | None) -> tuple[np.ndarray, str, tuple[int, int]]:
+    """(the image as segmented, its name, its size as uploaded); InputError when there is none or it is not an
+    image."""
+    if not path:
+      raise InputError("no image: upload one (PNG, JPEG, ...) or pick an example")
+    name = pathlib.Path(path).name
+    image = prediction.read_image(path, name=name)
+    return prediction.fit_within(image, self.max_side), name, image.shape[:2]
+
+  def _segmentation(self, path: str, names: list[str]) -> tuple[prediction.Segmentation, str, str]:
+    """The segmentation of (file contents, class list), kept for the last few requests (a threshold or a
+    chosen class does not segment again); also the image's name and how it was read."""
+    image, name, size = self.read(path)
+    key = (hashlib.sha256(image.tobytes()).hexdigest(), image.shape, tuple(names))
+    note = f"{name}: {size[1]}×{size[0]}" + (f", downscaled to {image.shape[1]}×{image.shape[0]}"
+                                              if image.shape[:2] != size else "")
+    if key in self._segmentations:
+      self._segmentations.move_to_end(key)
+      return self._segmentations[key], name, note
+    start = time.perf_counter()
+    segmentation = self.predictor.segment(image, names)
+    jax.block_until_ready(segmentation.logits)
+    note += f", segmented in {time.perf_counter() - start:.2f} s"
+    self._segmentations[key] = segmentation
+    while len(self._segmentations) > self._cache:
+      self._segmentations.popitem(last=False)
+    return segmentation, name, note
+
+  def _request_dir(self) -> pathlib.Path:
+    self._requests += 1
+    out = self.out_root / f"request_{self._requests:06d}"
+    for old in sorted(self.out_root.glob("request_*"))[:-KEEP_REQUESTS]:
+      shutil.rmtree(old, ignore_errors=True)
+    return out
+
+  def segment(self, path: str | None, class_text: str | None, threshold: float = 0.0,
+              shown: str | None = None) -> Result:
+    """Segments the image with the typed classes; writes predict's files into a new request directory."""
+    names = parse_class_names(class_text)
+    threshold = prediction.check_threshold(float(threshold), "threshold")
+    with self._lock:
+      segmentation, name, note = self._segmentation(path, names)
+      out = self._request_dir()
+      summary = prediction.write_outputs(segmentation, out, threshold, image=name, step=self.predictor.step)
+      shown = shown if shown in names else self._first_shown(summary)
+      maps = self._draw_score_maps(segmentation, names.index(shown), out)
+    shares = {self.tag(n): share for n, share in summary["coverage"].items() if share > 0}
+    if summary["unassigned"] > 0:
+      shares["unassigned"] = summary["unassigned"]
+    masks = [(str(out / file), f"{self.tag(n)}: {100 * summary['coverage'][n]:.1f}%")
+             for file, n in zip(summary["masks"], names)]
+    return Result(str(out / "overlay.png"), masks, shares, names, shown, maps, summary, note)
+
+  def score_maps(self, path: str | None, class_text: str | None, shown: str) -> str:
+    """The per-prompt score maps of one class (a new choice in the page): the image file drawn."""
+    names = parse_class_names(class_text)
+    if shown not in names:
+      raise InputError(f"class {shown!r} is not in the class list: segment with it first")
+    with self._lock:
+      segmentation, _, _ = self._segmentation(path, names)
+      return self._draw_score_maps(segmentation, names.index(shown), self._request_dir())
+
+  def _first_shown(self, summary: dict) -> str:
+    """The class whose maps are drawn first: the unseen class covering most of the image, else the largest."""
+    coverage = summary["coverage"]
+    unseen = [n for n in coverage if self.dataset_classes.get(n.lower()) == "unseen" and coverage[n] > 0]
+    return max(unseen or coverage, key=lambda n: coverage[n])
+
+  def _draw_score_maps(self, segmentation: prediction.Segmentation, k: int, out: pathlib.Path) -> str:
+    fused = self.predictor.score_maps(segmentation.image, segmentation.class_names)  # (h, w, K, N)
+    probability = np.asarray(jax.nn.sigmoid(segmentation.logits[..., k]))
+    name = segmentation.class_names[k]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"score_maps_{k:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+    class_maps_row(segmentation.image, fused[:, :, k], probability, name).save(path)
+    return str(path)
+
+  # Examples.
+
+  def examples(self, count: int) -> list[str]:
+    """Up to `count` images of the run's evaluation split that hold an unseen class, as PNG files, when the
+    run's dataset is built in its data_dir (nothing is built here); [] otherwise."""
+    config = self.predictor.config
+    data_dir = pathlib.Path(config.data_dir).expanduser()
+    if count < 1 or not registry.make_builder(config.dataset, data_dir).is_prepared():
+      return []
+    dataset = registry.load(config.dataset, data_dir)
+    split = config.eval.get("split", "validation")
+    source = dataset.splits.get(split)
+    if source is None:
+      return []
+    out = self.out_root / "examples"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(len(source)):
+      example = source[i]
+      if not np.isin(example["label"], dataset.spec.unseen).any():
+        continue
+      paths.append(out / f"{dataset.spec.name.replace('/', '_')}_{split}_{i:04d}.png")
+      Image.fromarray(example["image"]).save(paths[-1])
+      if len(paths) == count:
+        break
+    return [str(p) for p in paths]
+
+
+def message_of(error: Exception) -> str:
+  """The one line the page shows for a user error."""
+  return f"error: {one_line(str(error))}"
