@@ -6,9 +6,10 @@ masks and shares, and each prompt's score maps of a chosen class.
 
 The page segments through the same `Predictor` as `python -m zegot_jax.predict` and writes the same files (the
 overlay and masks are predict's, pixel for pixel). The model is loaded once; a class list's text embeddings are
-kept; the model's program is compiled on the first request of each window count and number of classes, and
-reused. When the run's dataset is built (the demo's is), its first evaluation images with an unseen class are
-offered as examples. Needs the `app` extra: pip install -e ".[app]".
+kept; the model's program is compiled on the first request of each window count and number of classes (for one
+window and the dataset's class list before serving, unless --nowarm_up), and reused. When the run's dataset is
+built (the demo's is), its first evaluation images with an unseen class are offered as examples. Needs the `app`
+extra: pip install -e ".[app]".
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def _define_flags() -> dict:
       config=flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)"),
       max_side=flags.DEFINE_integer("max_side", 1024, "images whose long side is over this are downscaled to it"),
       examples=flags.DEFINE_integer("examples", 6, "evaluation images offered as examples (0: none)"),
+      warm_up=flags.DEFINE_bool("warm_up", True, "compile the model for one window and the dataset's classes "
+                                "before serving"),
   )
 
 
@@ -63,6 +66,9 @@ def main(argv, f: dict):
   with tempfile.TemporaryDirectory(prefix="zegot_app_") as out_root:
     session = session_lib.Session(predictor, out_root, max_side=f["max_side"].value)
     page = ui.build(session, session.examples(f["examples"].value))
+    if f["warm_up"].value:
+      print(f"compiled for one window and the dataset's {len(predictor.spec.classes)} classes in "
+            f"{session.warm_up():.1f} s", flush=True)
     url = f"http://{f['host'].value}:{f['port'].value}"
     print(f"serving {predictor.workdir} (step {predictor.step}) at {url} after {time.perf_counter() - start:.1f} s; "
           f"Ctrl-C stops", flush=True)

@@ -11,6 +11,7 @@ by the browser tests and by the screenshot tool. Needs `selenium` (the `test` ex
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import pathlib
@@ -36,9 +37,7 @@ CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-
 
 def missing() -> str | None:
   """Why a browser test cannot run here (None when it can)."""
-  try:
-    import selenium  # noqa: F401  pylint: disable=g-import-not-at-top,import-outside-toplevel,unused-import
-  except ImportError:
+  if importlib.util.find_spec("selenium") is None:
     return "selenium is not installed (the test extra installs it)"
   for path in (CHROMIUM, CHROMEDRIVER):
     if not os.access(path, os.X_OK):
@@ -117,7 +116,7 @@ class Page:
     shutil.rmtree(self._profile, ignore_errors=True)
 
   def _wait(self, condition, what: str):
-    from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    from selenium.webdriver.support.ui import WebDriverWait  # pylint: disable=import-outside-toplevel
 
     return WebDriverWait(self.driver, self.timeout, poll_frequency=0.1).until(
         lambda _: condition(), f"timed out waiting for {what}")
@@ -219,10 +218,14 @@ class Page:
     return self._element("#shares").text
 
   def screenshot(self, path: str | pathlib.Path, full_height: bool = True) -> None:
-    if full_height:
-      height = self.driver.execute_script("return document.documentElement.scrollHeight")
-      width = self.driver.execute_script("return window.innerWidth")
-      self.driver.set_window_size(width, height + 40)
+    for _ in range(10 if full_height else 0):  # grow the window until the page fits (images lay out late)
+      width, outer, inner, page = self.driver.execute_script(
+          "return [window.outerWidth, window.outerHeight, window.innerHeight, "
+          "document.documentElement.scrollHeight]")
+      if page <= inner:
+        break
+      self.driver.set_window_size(width, page + outer - inner + 20)
+      time.sleep(0.5)
     self.driver.execute_script("window.scrollTo(0, 0)")
     self.driver.save_screenshot(str(path))
 

@@ -99,6 +99,16 @@ class Session:
   def default_classes(self) -> str:
     return ", ".join(self.predictor.spec.classes)
 
+  def warm_up(self) -> float:
+    """Segments a blank window-sized image with the dataset's classes and draws its score maps, so that the
+    model's programs for the commonest request (one window, the default class list) are compiled before the
+    first user arrives; returns the seconds it took."""
+    start = time.perf_counter()
+    size = self.predictor.spec.crop_size
+    segmentation = self.predictor.segment(np.zeros((size, size, 3), np.uint8), list(self.predictor.spec.classes))
+    self.predictor.score_maps(segmentation.image, segmentation.class_names)
+    return time.perf_counter() - start
+
   # Requests.
 
   def read(self, path: str | pathlib.Path | None) -> tuple[np.ndarray, str, tuple[int, int]]:

@@ -70,7 +70,8 @@ def build(session: Session, examples: list[str]) -> gr.Blocks:
   def pick_example(event: gr.SelectData):
     return examples[event.index]
 
-  with gr.Blocks(title=TITLE) as page:
+  # Gradio keeps a copy of every file it serves: copies older than an hour are deleted, every hour.
+  with gr.Blocks(title=TITLE, delete_cache=(3600, 3600)) as page:
     gr.Markdown(f"## {TITLE}\n{session.describe()}")
     with gr.Row():
       with gr.Column(scale=2):
