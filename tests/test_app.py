@@ -7,6 +7,7 @@ Skipped where Chromium is not installed, except when ZEGOT_REQUIRE_BROWSER=1 (CI
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -31,12 +32,16 @@ def page(smoke_run, tmp_path_factory):
   if MISSING:
     pytest.fail(f"ZEGOT_REQUIRE_BROWSER=1 but {MISSING}")
   log = tmp_path_factory.mktemp("app") / "app.log"
+  tmp = tmp_path_factory.mktemp("app_tmp")  # the app's temporary files (and Gradio's cache) go here
+  server = browser.AppServer(smoke_run, "--examples=2", log=log, env={"TMPDIR": str(tmp)})
   try:
-    with browser.AppServer(smoke_run, "--examples=2", log=log) as url, browser.Page(url) as opened:
-      opened.server_log = log
+    with server as url, browser.Page(url) as opened:
       yield opened
   finally:
     print(log.read_text()[-3000:] if log.exists() else "no log")
+  # SIGTERM stopped it cleanly: server closed, its temporary directory (request files, examples) deleted.
+  assert server.returncode == 0 and log.read_text().rstrip().endswith("stopped"), log.read_text()[-2000:]
+  assert not list(tmp.glob("zegot_app_*"))
 
 
 @pytest.fixture(scope="module")
@@ -170,3 +175,16 @@ def test_the_cli_reports_mistakes_in_one_line(tmp_path):
   assert cli("--workdir", str(tmp_path), "--port", "0") == "error: --port=0: expected a port number in 1-65535"
   assert cli("--workdir", str(tmp_path)) == (f"error: {tmp_path / 'config.json'} does not exist: --workdir must be a "
                                              f"training run's directory (or pass --config)")
+
+
+@needs_browser  # needs gradio (the test extra) and a run, not the browser; ordered with the app's tests
+def test_a_port_in_use_is_one_line(smoke_run):
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    done = subprocess.run([sys.executable, "-m", "zegot_jax.app", f"--workdir={smoke_run}", f"--port={port}",
+                           "--nowarm_up", "--examples=0"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2 and done.stderr.strip() == (
+      f"error: cannot serve at http://127.0.0.1:{port}: the port is in use; pass another --port, or stop what uses "
+      f"this one"), done.stderr[-3000:]

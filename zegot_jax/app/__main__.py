@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import tempfile
 import time
 
@@ -49,6 +50,12 @@ def _import_gradio():
   return gradio
 
 
+def _interrupt(signum, frame):
+  """SIGTERM (a service manager, a test) stops the app as Ctrl-C does: the server closes, the temporary files go."""
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 def main(argv, f: dict):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -70,13 +77,21 @@ def main(argv, f: dict):
       print(f"compiled for one window and the dataset's {len(predictor.spec.classes)} classes in "
             f"{session.warm_up():.1f} s", flush=True)
     url = f"http://{f['host'].value}:{f['port'].value}"
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+      page.launch(server_name=f["host"].value, server_port=f["port"].value, allowed_paths=[out_root], quiet=True,
+                  ssr_mode=False, show_error=False, theme=ui.THEME, css=ui.CSS, footer_links=[],
+                  prevent_thread_lock=True)
+    except OSError as e:
+      why = "the port is in use" if "empty port" in str(e) else str(e)
+      raise ConfigError(f"cannot serve at {url}: {why}; pass another --port, or stop what uses this one") from e
     print(f"serving {predictor.workdir} (step {predictor.step}) at {url} after {time.perf_counter() - start:.1f} s; "
           f"Ctrl-C stops", flush=True)
     try:
-      page.launch(server_name=f["host"].value, server_port=f["port"].value, allowed_paths=[out_root], quiet=True,
-                  ssr_mode=False, show_error=False, theme=ui.THEME, css=ui.CSS, footer_links=[])
-    except OSError as e:
-      raise ConfigError(f"cannot serve at {url} ({e}); pass another --port, or stop what uses this one") from e
+      page.block_thread()  # until Ctrl-C or SIGTERM: closes the server
+    except KeyboardInterrupt:
+      page.close()
+  print("stopped", flush=True)
 
 
 if __name__ == "__main__":

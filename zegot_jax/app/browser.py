@@ -54,7 +54,9 @@ def free_port() -> int:
 class AppServer:
   """`python -m zegot_jax.app` in a subprocess on a free port, until the block ends; the URL once it serves."""
 
-  def __init__(self, workdir: str | pathlib.Path, *args: str, timeout: float = 180, log: pathlib.Path | None = None):
+  def __init__(self, workdir: str | pathlib.Path, *args: str, timeout: float = 180, log: pathlib.Path | None = None,
+               env: dict[str, str] | None = None):
+    self.env = {**os.environ, **(env or {})}
     self.port = free_port()
     self.url = f"http://127.0.0.1:{self.port}"
     self.command = [sys.executable, "-m", "zegot_jax.app", f"--workdir={workdir}", f"--port={self.port}", *args]
@@ -62,7 +64,7 @@ class AppServer:
 
   def __enter__(self) -> str:
     self._log = open(self.log, "w") if self.log else subprocess.DEVNULL  # pylint: disable=consider-using-with
-    self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT)
+    self.process = subprocess.Popen(self.command, stdout=self._log, stderr=subprocess.STDOUT, env=self.env)
     deadline = time.monotonic() + self.timeout
     while time.monotonic() < deadline:
       if self.process.poll() is not None:
@@ -77,12 +79,14 @@ class AppServer:
     raise TimeoutError(f"the app did not serve {self.url} within {self.timeout} s")
 
   def __exit__(self, *exc) -> None:
+    """Stops the app as a service manager does (SIGTERM; it closes its server and deletes its files); kills it
+    after 20 s. `returncode` then tells how it ended (0: cleanly)."""
     self.process.terminate()
     try:
-      self.process.wait(timeout=20)
+      self.returncode = self.process.wait(timeout=20)
     except subprocess.TimeoutExpired:
       self.process.kill()
-      self.process.wait()
+      self.returncode = self.process.wait()
     if self.log:
       self._log.close()
 
