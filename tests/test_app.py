@@ -155,6 +155,8 @@ def test_bad_inputs_show_a_message_and_the_app_keeps_serving(page, images):
   assert page.segment().startswith("error: class names: class names repeat (case-insensitively): ['Zigzag']")
   page.set_classes("zigzag, , dots")
   assert page.segment().startswith("error: class names: class names at positions [1] are empty")
+  page.set_classes("zigzag, " + "very " * 80 + "long")
+  assert page.segment().startswith("error: class names: prompts longer than the text tower's 77 tokens")
   message = ("error: notes.txt: not a readable image (UnidentifiedImageError); expected a PNG, JPEG, BMP, GIF, TIFF "
              "or WebP file")
   assert page.upload(images / "notes.txt") == message

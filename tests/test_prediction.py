@@ -176,3 +176,16 @@ def test_one_predictor_serves_class_lists_and_images_without_recompiling(run, im
   assert not np.array_equal(again, first)
   fresh = prediction.Predictor(run)
   np.testing.assert_array_equal(np.asarray(fresh.logits(image, ["dots", "plain", "waves"])), other)
+
+
+def test_a_class_name_too_long_for_the_text_tower_is_named_and_changes_nothing(run, image_path):
+  predictor = prediction.Predictor(run)
+  image = prediction.read_image(image_path)
+  before = np.asarray(predictor.logits(image, ["star", "ring"]))
+  too_long = "a " * 80 + "star"
+  with pytest.raises(prediction.ClassNamesError, match="prompts longer than the text tower's 77 tokens"):
+    predictor.segment(image, ["ring", too_long])
+  assert predictor.segmenter(["star", "ring"]).class_names == ["star", "ring"]
+  np.testing.assert_array_equal(np.asarray(predictor.logits(image, ["star", "ring"])), before)
+  with pytest.raises(errors.ConfigError, match=r"^--classes: prompts longer than the text tower's 77 tokens"):
+    prediction.predict(run, image_path, ["ring", too_long])

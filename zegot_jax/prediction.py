@@ -62,6 +62,19 @@ def fit_within(image: np.ndarray, max_side: int | None) -> np.ndarray:
   return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
 
 
+class ClassNamesError(ConfigError):
+  """A class list that cannot be used: empty, with an empty or repeated name, or a prompt longer than the text
+  tower takes."""
+
+
+def check_class_names(class_names: Sequence[str]) -> list[str]:
+  """The names stripped; ClassNamesError when the list is empty or a name is empty or repeated."""
+  try:
+    return prompts.check_class_names(class_names)
+  except ValueError as e:
+    raise ClassNamesError(str(e)) from e
+
+
 def check_threshold(threshold: float, where: str = "--threshold") -> float:
   if not 0.0 <= threshold <= 1.0:
     raise ConfigError(f"{where}={threshold}: expected a probability in [0, 1] (0 assigns every pixel)")
@@ -166,12 +179,16 @@ class Predictor:
     return self.run.step
 
   def segmenter(self, class_names: Sequence[str]) -> Segmenter:
-    """The one Segmenter, set to this class list (ValueError naming empty or repeated names)."""
-    if self._segmenter is None:
-      self._segmenter = Segmenter(self.run.model, self.run.tokenizer, class_names, crop_size=self.spec.crop_size,
-                                  stride=self.spec.eval_stride, mesh=self.run.mesh, params=self.run.params)
-    else:
-      self._segmenter.set_classes(class_names)
+    """The one Segmenter, set to this class list (ClassNamesError naming what is wrong with the list)."""
+    names = check_class_names(class_names)
+    try:
+      if self._segmenter is None:
+        self._segmenter = Segmenter(self.run.model, self.run.tokenizer, names, crop_size=self.spec.crop_size,
+                                    stride=self.spec.eval_stride, mesh=self.run.mesh, params=self.run.params)
+      else:
+        self._segmenter.set_classes(names)
+    except ValueError as e:  # names checked above: what is left is tokenization (a prompt too long)
+      raise ClassNamesError(str(e)) from e
     return self._segmenter
 
   def logits(self, image: np.ndarray, class_names: Sequence[str]) -> jax.Array:
@@ -205,10 +222,11 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
     raise ConfigError(f"--max_side={max_side}: expected a positive number of pixels (or no flag: full size)")
   config = config or checkpoints.read_run_config(workdir)
   try:
-    names = prompts.check_class_names(class_names)
-  except ValueError as e:
+    names = check_class_names(class_names or [])  # before anything is loaded
+    image = fit_within(read_image(image_path), max_side)
+    predictor = Predictor(workdir, config, step)
+    segmentation = predictor.segment(image, names)
+  except ClassNamesError as e:
     raise ConfigError(f"--classes: {e}; give comma-separated names, e.g. --classes 'cat,grass,sky'") from e
-  image = fit_within(read_image(image_path), max_side)
-  predictor = Predictor(workdir, config, step)
   out = pathlib.Path(out) if out else output_dir(workdir, image_path)
-  return write_outputs(predictor.segment(image, names), out, threshold, image=str(image_path), step=predictor.step)
+  return write_outputs(segmentation, out, threshold, image=str(image_path), step=predictor.step)

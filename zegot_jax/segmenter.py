@@ -143,10 +143,12 @@ class Segmenter:
     return len(self.class_names)
 
   def set_classes(self, class_names: Sequence[str]) -> None:
-    """Segment with another class list (names checked: none empty, none repeated); its text embeddings are
-    computed with the current parameters, or taken from the cache."""
-    self.class_names = prompts.check_class_names(class_names)
-    self.text = None if self.params is None else self._text_of(tuple(self.class_names))
+    """Segment with another class list; its text embeddings are computed with the current parameters, or taken
+    from the cache. ValueError for an empty list, an empty or repeated name, or a prompt longer than the text
+    tower takes; the segmenter then keeps its class list."""
+    names = tuple(prompts.check_class_names(class_names))
+    text = None if self.params is None else self._text_of(names)  # may refuse the list: then nothing changes
+    self.class_names, self.text = list(names), text
 
   def set_params(self, params: Any) -> None:
     """Segment with `params` (the full tree: trainable + "clip"); computes the text embeddings, once: setting

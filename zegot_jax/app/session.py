@@ -24,7 +24,6 @@ from PIL import Image
 from zegot_jax import prediction
 from zegot_jax.data import registry
 from zegot_jax.errors import UserError, one_line
-from zegot_jax.models import prompts
 from zegot_jax.pictures import class_maps_row
 
 MAX_SIDE = 1024  # images with a longer side are downscaled to it (the outputs then have the downscaled size)
@@ -41,10 +40,13 @@ def parse_class_names(text: str | None) -> list[str]:
   if names == [""]:
     raise InputError("no class names: type them separated by commas, e.g. 'zigzag, dots, plain'")
   try:
-    return prompts.check_class_names(names)
-  except ValueError as e:
-    raise InputError(f"class names: {e}; type each name once, separated by commas, e.g. 'zigzag, dots, plain'") \
-        from e
+    return prediction.check_class_names(names)
+  except prediction.ClassNamesError as e:
+    raise _class_names_error(e) from e
+
+
+def _class_names_error(error: Exception) -> InputError:
+  return InputError(f"class names: {error}; type each name once, separated by commas, e.g. 'zigzag, dots, plain'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +133,10 @@ class Session:
       self._segmentations.move_to_end(key)
       return self._segmentations[key], name, note
     start = time.perf_counter()
-    segmentation = self.predictor.segment(image, names)
+    try:
+      segmentation = self.predictor.segment(image, names)
+    except prediction.ClassNamesError as e:  # a name too long for the text tower
+      raise _class_names_error(e) from e
     jax.block_until_ready(segmentation.logits)
     note += f", segmented in {time.perf_counter() - start:.2f} s"
     self._segmentations[key] = segmentation
