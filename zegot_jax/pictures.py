@@ -131,6 +131,12 @@ def class_maps_row(image: np.ndarray, prompt_maps: np.ndarray, probability: np.n
   return _strip(panels, HEADER + PANEL)
 
 
+def holding_unseen(examples: Sequence[dict], unseen: Sequence[int], count: int) -> list[int]:
+  """The indices of the first `count` examples whose "label" holds an unseen class."""
+  holding = (i for i in range(len(examples)) if np.isin(examples[i]["label"], unseen).any())
+  return list(itertools.islice(holding, count))
+
+
 def resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   """(h, w, 3) uint8 → (H, W, 3) uint8, bilinear; unchanged when already that size."""
   if image.shape[:2] == tuple(size):
@@ -153,8 +159,7 @@ class Pictures:
                num_images: int, seen_mask: Any = None, seen_bias: float = 0.0):
     self.segmenter, self.examples, self.spec, self.split, self.out = segmenter, examples, spec, split, out
     self.seen_mask, self.seen_bias = seen_mask, seen_bias  # the prediction is the evaluation's (metrics.predict_labels)
-    holds_unseen = (i for i in range(len(examples)) if np.isin(examples[i]["label"], spec.unseen).any())
-    self.chosen = list(itertools.islice(holds_unseen, num_images))
+    self.chosen = holding_unseen(examples, spec.unseen, num_images)
     if not self.chosen:
       raise ConfigError(f"config eval.pictures={num_images}: no {split} image of {spec.name} holds an unseen class; "
                        f"set --config.eval.pictures=0")

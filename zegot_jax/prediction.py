@@ -112,9 +112,9 @@ def render_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str]
   return canvas
 
 
-def mask_file(k: int, name: str) -> str:
-  """mask_<index>_<name with unsafe characters replaced>.png"""
-  return f"mask_{k:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
+def file_name(prefix: str, k: int, name: str) -> str:
+  """<prefix>_<index>_<class name with unsafe characters replaced>.png, e.g. mask_003_bus_stop.png"""
+  return f"{prefix}_{k:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +144,7 @@ def write_outputs(segmentation: Segmentation, out: pathlib.Path, threshold: floa
       stale.unlink()
   render_overlay(segmentation.image, labels, names).save(out / "overlay.png")
   Image.fromarray(labels).save(out / "labels.png")
-  masks = [mask_file(k, name) for k, name in enumerate(names)]
+  masks = [file_name("mask", k, name) for k, name in enumerate(names)]
   for k, file in enumerate(masks):
     Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(out / file)
   summary = dict(**about, size=list(labels.shape), classes=names, threshold=threshold,
@@ -180,14 +180,14 @@ class Predictor:
 
   def segmenter(self, class_names: Sequence[str]) -> Segmenter:
     """The one Segmenter, set to this class list (ClassNamesError naming what is wrong with the list)."""
-    names = check_class_names(class_names)
     try:
       if self._segmenter is None:
-        self._segmenter = Segmenter(self.run.model, self.run.tokenizer, names, crop_size=self.spec.crop_size,
-                                    stride=self.spec.eval_stride, mesh=self.run.mesh, params=self.run.params)
+        self._segmenter = Segmenter(self.run.model, self.run.tokenizer, class_names,
+                                    crop_size=self.spec.crop_size, stride=self.spec.eval_stride, mesh=self.run.mesh,
+                                    params=self.run.params)
       else:
-        self._segmenter.set_classes(names)
-    except ValueError as e:  # names checked above: what is left is tokenization (a prompt too long)
+        self._segmenter.set_classes(class_names)
+    except ValueError as e:  # an empty or repeated name, or a prompt too long for the text tower
       raise ClassNamesError(str(e)) from e
     return self._segmenter
 

@@ -90,9 +90,6 @@ class AppServer:
     if self.log:
       self._log.close()
 
-  def alive(self) -> bool:
-    return self.process.poll() is None
-
 
 class Page:
   """The app's page in headless Chromium. Methods wait for the page; `timeout` bounds every wait."""

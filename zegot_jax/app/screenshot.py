@@ -35,10 +35,11 @@ def _define_flags() -> dict:
   )
 
 
-def timed(action) -> tuple[str, float]:
+def timed(action) -> tuple[float, str]:
+  """(seconds, what `action` returned)."""
   start = time.perf_counter()
   status = action()
-  return status, time.perf_counter() - start
+  return time.perf_counter() - start, status
 
 
 def main(argv, f: dict):
@@ -56,20 +57,20 @@ def main(argv, f: dict):
       rows.append(("start: load the run, compile, serve the page", time.perf_counter() - start, ""))
       with browser.Page(url, width=f["width"].value, height=1000) as page:
         page.pick_example(0)
-        rows.append(("first request: example 1, 64×64 (compiled at start-up)", *timed(page.segment)[::-1]))
+        rows.append(("first request: example 1, 64×64 (compiled at start-up)", *timed(page.segment)))
         page.pick_example(1)
-        rows.append(("next request: example 2, same size", *timed(page.segment)[::-1]))
+        rows.append(("next request: example 2, same size", *timed(page.segment)))
         page.upload(tmp / "photo_0.png")
-        rows.append(("a 640×480 image (2 windows: compiles)", *timed(page.segment)[::-1]))
+        rows.append(("a 640×480 image (2 windows: compiles)", *timed(page.segment)))
         page.upload(tmp / "photo_1.png")
-        rows.append(("another 640×480 image", *timed(page.segment)[::-1]))
-        rows.append(("threshold 0.1 (kept logits)", *timed(lambda: page.set_threshold(0.1))[::-1]))
+        rows.append(("another 640×480 image", *timed(page.segment)))
+        rows.append(("threshold 0.1 (kept logits)", *timed(lambda: page.set_threshold(0.1))))
         page.set_threshold(0)
         page.pick_example(0)
         page.segment()
         present = [line for line in page.shares().splitlines() if line.endswith(")")]  # "dots (seen)", ...
         if len(present) > 1:
-          rows.append((f"score maps of {present[1]}", *timed(lambda: page.choose_class(present[1]))[::-1]))
+          rows.append((f"score maps of {present[1]}", *timed(lambda: page.choose_class(present[1]))))
         page.screenshot(f["out"].value)
   for what, seconds, status in rows:
     print(f"{what:<52} {seconds:6.2f} s   {status}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import pathlib
-import re
 import shutil
 import threading
 import time
@@ -21,10 +20,10 @@ import jax
 import numpy as np
 from PIL import Image
 
-from zegot_jax import prediction
+from zegot_jax import evaluation, prediction
 from zegot_jax.data import registry
-from zegot_jax.errors import UserError, one_line
-from zegot_jax.pictures import class_maps_row
+from zegot_jax.errors import ConfigError, UserError, one_line
+from zegot_jax.pictures import class_maps_row, holding_unseen
 
 MAX_SIDE = 1024  # images with a longer side are downscaled to it (the outputs then have the downscaled size)
 KEEP_REQUESTS = 32  # output directories kept (older ones are deleted)
@@ -59,8 +58,15 @@ class Result:
   class_names: list[str]
   shown: str  # the class whose score maps are drawn first
   score_maps: str  # class_maps_row of `shown`
-  summary: dict  # what write_outputs returned (also in summary.json beside the files)
   message: str  # one line: the image, its size, timings
+
+
+@dataclasses.dataclass
+class _Kept:
+  """A segmentation kept for later requests, with its score maps once drawn."""
+
+  segmentation: prediction.Segmentation
+  fused: np.ndarray | None = None  # S* (h, w, K, N) of the image resized to one window
 
 
 class Session:
@@ -79,7 +85,7 @@ class Session:
     spec = predictor.spec
     self.dataset_classes = {name.lower(): ("unseen" if k in spec.unseen else "seen")
                             for k, name in enumerate(spec.classes)}
-    self._segmentations: OrderedDict[tuple, prediction.Segmentation] = OrderedDict()
+    self._kept: OrderedDict[tuple, _Kept] = OrderedDict()
     self._cache = cache
     self._requests = 0
     self._lock = threading.Lock()
@@ -122,16 +128,17 @@ class Session:
     image = prediction.read_image(path, name=name)
     return prediction.fit_within(image, self.max_side), name, image.shape[:2]
 
-  def _segmentation(self, path: str, names: list[str]) -> tuple[prediction.Segmentation, str, str]:
+  def _segmentation(self, path: str, names: list[str]) -> tuple[_Kept, str, str]:
     """The segmentation of (file contents, class list), kept for the last few requests (a threshold or a
-    chosen class does not segment again); also the image's name and how it was read."""
+    chosen class neither segments again nor recomputes the score maps); also the image's name and how it was
+    read."""
     image, name, size = self.read(path)
     key = (hashlib.sha256(image.tobytes()).hexdigest(), image.shape, tuple(names))
     note = f"{name}: {size[1]}×{size[0]}" + (f", downscaled to {image.shape[1]}×{image.shape[0]}"
                                               if image.shape[:2] != size else "")
-    if key in self._segmentations:
-      self._segmentations.move_to_end(key)
-      return self._segmentations[key], name, note
+    if key in self._kept:
+      self._kept.move_to_end(key)
+      return self._kept[key], name, note
     start = time.perf_counter()
     try:
       segmentation = self.predictor.segment(image, names)
@@ -139,10 +146,10 @@ class Session:
       raise _class_names_error(e) from e
     jax.block_until_ready(segmentation.logits)
     note += f", segmented in {time.perf_counter() - start:.2f} s"
-    self._segmentations[key] = segmentation
-    while len(self._segmentations) > self._cache:
-      self._segmentations.popitem(last=False)
-    return segmentation, name, note
+    self._kept[key] = _Kept(segmentation)
+    while len(self._kept) > self._cache:
+      self._kept.popitem(last=False)
+    return self._kept[key], name, note
 
   def _request_dir(self) -> pathlib.Path:
     self._requests += 1
@@ -157,17 +164,17 @@ class Session:
     names = parse_class_names(class_text)
     threshold = prediction.check_threshold(float(threshold), "threshold")
     with self._lock:
-      segmentation, name, note = self._segmentation(path, names)
+      kept, name, note = self._segmentation(path, names)
       out = self._request_dir()
-      summary = prediction.write_outputs(segmentation, out, threshold, image=name, step=self.predictor.step)
+      summary = prediction.write_outputs(kept.segmentation, out, threshold, image=name, step=self.predictor.step)
       shown = shown if shown in names else self._first_shown(summary)
-      maps = self._draw_score_maps(segmentation, names.index(shown), out)
+      maps = self._draw_score_maps(kept, names.index(shown), out)
     shares = {self.tag(n): share for n, share in summary["coverage"].items() if share > 0}
     if summary["unassigned"] > 0:
       shares["unassigned"] = summary["unassigned"]
     masks = [(str(out / file), f"{self.tag(n)}: {100 * summary['coverage'][n]:.1f}%")
              for file, n in zip(summary["masks"], names)]
-    return Result(str(out / "overlay.png"), masks, shares, names, shown, maps, summary, note)
+    return Result(str(out / "overlay.png"), masks, shares, names, shown, maps, note)
 
   def score_maps(self, path: str | None, class_text: str | None, shown: str) -> str:
     """The per-prompt score maps of one class (a new choice in the page): the image file drawn."""
@@ -175,8 +182,8 @@ class Session:
     if shown not in names:
       raise InputError(f"class {shown!r} is not in the class list: segment with it first")
     with self._lock:
-      segmentation, _, _ = self._segmentation(path, names)
-      return self._draw_score_maps(segmentation, names.index(shown), self._request_dir())
+      kept, _, _ = self._segmentation(path, names)
+      return self._draw_score_maps(kept, names.index(shown), self._request_dir())
 
   def _first_shown(self, summary: dict) -> str:
     """The class whose maps are drawn first: the unseen class covering most of the image, else the largest."""
@@ -184,13 +191,15 @@ class Session:
     unseen = [n for n in coverage if self.dataset_classes.get(n.lower()) == "unseen" and coverage[n] > 0]
     return max(unseen or coverage, key=lambda n: coverage[n])
 
-  def _draw_score_maps(self, segmentation: prediction.Segmentation, k: int, out: pathlib.Path) -> str:
-    fused = self.predictor.score_maps(segmentation.image, segmentation.class_names)  # (h, w, K, N)
+  def _draw_score_maps(self, kept: _Kept, k: int, out: pathlib.Path) -> str:
+    segmentation = kept.segmentation
+    if kept.fused is None:  # one forward pass per segmentation, whichever classes are drawn
+      kept.fused = self.predictor.score_maps(segmentation.image, segmentation.class_names)  # (h, w, K, N)
     probability = np.asarray(jax.nn.sigmoid(segmentation.logits[..., k]))
     name = segmentation.class_names[k]
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"score_maps_{k:03d}_{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
-    class_maps_row(segmentation.image, fused[:, :, k], probability, name).save(path)
+    path = out / prediction.file_name("score_maps", k, name)
+    class_maps_row(segmentation.image, kept.fused[:, :, k], probability, name).save(path)
     return str(path)
 
   # Examples.
@@ -203,21 +212,16 @@ class Session:
     if count < 1 or not registry.make_builder(config.dataset, data_dir).is_prepared():
       return []
     dataset = registry.load(config.dataset, data_dir)
-    split = config.eval.get("split", "validation")
-    source = dataset.splits.get(split)
-    if source is None:
+    try:
+      source = evaluation.evaluation_split(config, dataset)
+    except ConfigError:  # the run's config names a split the dataset lacks: no examples, not an error here
       return []
     out = self.out_root / "examples"
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i in range(len(source)):
-      example = source[i]
-      if not np.isin(example["label"], dataset.spec.unseen).any():
-        continue
-      paths.append(out / f"{dataset.spec.name.replace('/', '_')}_{split}_{i:04d}.png")
-      Image.fromarray(example["image"]).save(paths[-1])
-      if len(paths) == count:
-        break
+    for i in holding_unseen(source, dataset.spec.unseen, count):
+      paths.append(out / f"{dataset.spec.name.replace('/', '_')}_{config.eval.get('split', 'validation')}_{i:04d}.png")
+      Image.fromarray(source[i]["image"]).save(paths[-1])
     return [str(p) for p in paths]
 
 
