@@ -46,7 +46,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 if [ "${QUICK:-0}" = 1 ]; then  # the same commands at toy sizes: checks the script, measures nothing
   train=(--config.clip.image_size=64 --batch 1 --memory_batches 1 --repeats 1 --dtype float32)
   mpot=(--batch 1 --layers 1 --grid 4)
-  clip=(--images 32x1 --prompts 2 --repeats 1 --dtypes float32)
+  clip=(--images 32x1 --prompts 2 --repeats 1 --dtypes float32 --matmuls 64x64x64)
   datasets=(voc12_zs3)
 else
   train=()
