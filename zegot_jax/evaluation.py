@@ -27,9 +27,15 @@ from zegot_jax.models import zegot
 from zegot_jax.segmenter import Segmenter
 
 
+def evaluation_split_name(config: ml_collections.ConfigDict) -> str:
+  """The name of the split that evaluation reads: `config.eval.split` ("validation" unless the config says
+  otherwise)."""
+  return config.eval.get("split", "validation")
+
+
 def evaluation_split(config: ml_collections.ConfigDict, dataset) -> Any:
-  """The split that evaluation reads: `config.eval.split` ("validation" unless the config says otherwise)."""
-  name = config.eval.get("split", "validation")
+  """The split that evaluation reads (`evaluation_split_name`); ConfigError when the dataset lacks it."""
+  name = evaluation_split_name(config)
   if name not in dataset.splits:
     raise ConfigError(f"config eval.split={name!r}: dataset {dataset.spec.name} has the splits "
                      f"{sorted(dataset.splits)}; set --config.eval.split to one of them")
@@ -54,7 +60,7 @@ class Evaluator:
                pictures_dir: pathlib.Path | None = None):
     self.dataset = dataset if dataset is not None else from_config.open_dataset(config, dataset_name)
     spec = self.spec = self.dataset.spec
-    self.split = config.eval.get("split", "validation")
+    self.split = evaluation_split_name(config)
     self.examples = pipeline.eval_dataset(evaluation_split(config, self.dataset), spec)
     n = len(self.examples)
     self.count = n if not max_examples else min(n, max(1, max_examples // jax.process_count()))

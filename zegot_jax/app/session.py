@@ -218,9 +218,10 @@ class Session:
       return []
     out = self.out_root / "examples"
     out.mkdir(parents=True, exist_ok=True)
+    prefix = f"{dataset.spec.name.replace('/', '_')}_{evaluation.evaluation_split_name(config)}"
     paths = []
     for i in holding_unseen(source, dataset.spec.unseen, count):
-      paths.append(out / f"{dataset.spec.name.replace('/', '_')}_{config.eval.get('split', 'validation')}_{i:04d}.png")
+      paths.append(out / f"{prefix}_{i:04d}.png")
       Image.fromarray(source[i]["image"]).save(paths[-1])
     return [str(p) for p in paths]
 
