@@ -113,6 +113,11 @@ def test_knowledge_json_is_what_the_shipped_weights_measure(shipped):
     assert measured[key]["unseen"] == pytest.approx(recorded[key]["unseen"], abs=0.01), key
   for layer, value in recorded["dense_zero_shot"].items():
     assert measured["dense_zero_shot"][layer]["seen"] == pytest.approx(value["seen"], abs=0.01), layer
+  for key in ("linear_probe_pixels", "seen_trained_alignment_pixels"):
+    for group in ("mIoU_seen", "mIoU_unseen"):
+      assert measured[key][group] == pytest.approx(recorded[key][group], abs=1.0), (key, group)
+  for layer, value in recorded["dense_zero_shot_pixels"].items():
+    assert measured["dense_zero_shot_pixels"][layer]["mIoU_unseen"] == pytest.approx(value["mIoU_unseen"], abs=1.0)
 
 
 def test_patch_labels_are_the_majority_category_and_its_share():

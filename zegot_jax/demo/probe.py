@@ -6,12 +6,14 @@ r"""What the mini-CLIP knows, measured on held-out scenes of the textures world 
   hand-crafted templates' text embeddings);
 * dense zero-shot accuracy per patch, per layer: each patch whose majority category covers at least half of it is
   classified by the nearest class prompt to its dense feature (patch tokens → post-layernorm → projection, what
-  ZegOT's score maps start from), over all 12 categories;
+  ZegOT's score maps start from), over all 12 categories; and per pixel as mIoU (what a frozen-CLIP baseline on
+  that layer alone segments);
 * a linear-probe ceiling of the last layer's dense features: softmax regression over all 12 categories, trained
   with every category's patch labels on other scenes; per patch, and per pixel (logits upsampled bilinearly, as
   ZegOT's are) as mIoU(S), mIoU(U), hIoU: the best a linear read-out of these features can segment;
 * seen-trained alignment: a linear map from patch to text space trained on the seen categories only (cosine
-  logits against the class prompts), tested over all 12: the kind of alignment ZegOT's GA/DFA can learn.
+  logits against the class prompts), tested over all 12, per patch and per pixel: the kind of alignment ZegOT's
+  GA/DFA can learn from seen labels alone.
 
 Accuracies are per category, then averaged over the seen and the unseen categories (chance 1/12). The probe
 scenes come from their own generator streams (PROBE_STREAM...), never the dataset's or pretraining's.
@@ -99,6 +101,16 @@ def _accuracy(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
   return _group_means(per_class)
 
 
+def _pixel_miou(patch_logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+  """mIoU(S), mIoU(U), hIoU of per-patch logits (S, h, w, 12) upsampled bilinearly to the pixels (as ZegOT's
+  are), against pixel labels (S, H, W)."""
+  logits = jax.image.resize(jnp.asarray(patch_logits), (*labels.shape, patch_logits.shape[-1]), "bilinear")
+  counts = metrics.IoUAccumulator(len(textures.CATEGORIES))
+  counts.add(*metrics.iou_counts(jnp.argmax(logits, -1), jnp.asarray(labels), len(textures.CATEGORIES)))
+  report = metrics.miou_report(counts.intersection, counts.union, textures.CATEGORIES, SEEN, UNSEEN)
+  return {k: report[k] for k in ("mIoU_seen", "mIoU_unseen", "hIoU")}
+
+
 def _fit(loss_fn, params, steps: int = 500, lr: float = 0.05):
   """Full-batch Adam on a small convex-ish probe (deterministic)."""
   optimizer = optax.adam(lr)
@@ -149,12 +161,7 @@ def knowledge(model: CLIP, params, tokenizer, *, scenes: int = 300, per_class: i
   linear = _fit(probe_loss, dict(w=jnp.zeros((dim, len(textures.CATEGORIES))), b=jnp.zeros(len(textures.CATEGORIES))))
   test_logits = np.asarray(test_dense[last] @ linear["w"] + linear["b"])  # (S, h, w, 12)
   result["linear_probe"] = _accuracy(test_logits.argmax(-1)[keep], test_patch[keep])
-  pixel_logits = jax.image.resize(jnp.asarray(test_logits), (*test_labels.shape, test_logits.shape[-1]), "bilinear")
-  counts = metrics.IoUAccumulator(len(textures.CATEGORIES))
-  counts.add(*metrics.iou_counts(jnp.argmax(pixel_logits, -1), jnp.asarray(test_labels),
-                                    len(textures.CATEGORIES)))
-  report = metrics.miou_report(counts.intersection, counts.union, textures.CATEGORIES, SEEN, UNSEEN)
-  result["linear_probe_pixels"] = {k: report[k] for k in ("mIoU_seen", "mIoU_unseen", "hIoU")}
+  result["linear_probe_pixels"] = _pixel_miou(test_logits, test_labels)
 
   seen_rows = np.isin(y_train, SEEN)
   x_seen, y_seen = x_train[seen_rows], y_train[seen_rows]
@@ -169,6 +176,8 @@ def knowledge(model: CLIP, params, tokenizer, *, scenes: int = 300, per_class: i
   align = _fit(align_loss, dict(w=jnp.eye(dim)))
   mapped = test_dense[last] @ np.asarray(align["w"])
   result["seen_trained_alignment"] = _accuracy(np.argmax(mapped @ text.T, -1)[keep], test_patch[keep])
+  result["seen_trained_alignment_pixels"] = _pixel_miou(mapped @ text.T, test_labels)
+  result["dense_zero_shot_pixels"] = {str(l): _pixel_miou(test_dense[l] @ text.T, test_labels) for l in layers}
   return result
 
 
@@ -180,9 +189,12 @@ def format_knowledge(k: dict) -> str:
            ("linear probe, all 12 categories' labels, last layer", k["linear_probe"])]
   lines = ["| probe | seen | unseen |", "|---|---|---|"]
   lines += [f"| {name} | {100 * v['seen']:.1f}% | {100 * v['unseen']:.1f}% |" for name, v in rows]
-  px = k["linear_probe_pixels"]
-  lines.append(f"linear probe per pixel: mIoU(S) {px['mIoU_seen']:.1f}, mIoU(U) {px['mIoU_unseen']:.1f}, "
-               f"hIoU {px['hIoU']:.1f} (chance accuracy {100 * k['chance']:.1f}%)")
+  pixels = [(f"dense zero-shot, layer {l}", v) for l, v in k.get("dense_zero_shot_pixels", {}).items()]
+  pixels += [("linear map learned on seen categories only, last layer", k.get("seen_trained_alignment_pixels")),
+             ("linear probe, all 12 categories' labels, last layer", k["linear_probe_pixels"])]
+  lines += ["", "| per pixel | mIoU(S) | mIoU(U) | hIoU |", "|---|---|---|---|"]
+  lines += [f"| {name} | {v['mIoU_seen']:.1f} | {v['mIoU_unseen']:.1f} | {v['hIoU']:.1f} |" for name, v in pixels if v]
+  lines.append(f"(chance accuracy {100 * k['chance']:.1f}%)")
   return "\n".join(lines)
 
 
