@@ -59,3 +59,15 @@ def test_jit_and_bad_schedules():
     selftrain.Schedule(total_steps=10, teacher="ema")
   with pytest.raises(ValueError, match="phase1_fraction"):
     selftrain.Schedule(total_steps=10, phase1_fraction=0.8)
+
+
+def test_phase1_leaves_unseen_channels_out_of_the_loss_only_when_asked():
+  unseen = [1, 3]
+  excluded = selftrain.Schedule(total_steps=10, phase1_unseen="excluded")
+  f = jax.jit(lambda step: excluded.loss_classes(step, 5, unseen))
+  np.testing.assert_array_equal(f(jnp.asarray(1)), [True, False, True, False, True])  # phase 1
+  np.testing.assert_array_equal(f(jnp.asarray(2)), [True] * 5)  # phase 2: every class has labels
+  assert selftrain.Schedule(total_steps=10).loss_classes(jnp.asarray(0), 5, unseen) is None  # "negatives"
+  assert excluded.loss_classes(jnp.asarray(0), 5, []) is None  # inductive runs have no unseen channels
+  with pytest.raises(ValueError, match="phase1_unseen 'ignored'"):
+    selftrain.Schedule(total_steps=10, phase1_unseen="ignored")

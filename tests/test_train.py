@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from zegot_jax import config_lib, evaluation, from_config, trainer
+from zegot_jax import checkpoints, config_lib, evaluation, from_config, trainer
 from zegot_jax.models import prompts, zegot
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -119,6 +119,18 @@ def test_checkpoint_that_does_not_match_the_config_is_refused(data_dir, tmp_path
   with pytest.raises(ValueError, match=r"(?s)these entries differ:.*model.ensemble_lambda: checkpoint has 0.8, "
                                        r"config has 0.5.*train.steps: checkpoint has 2, config has 4"):
     trainer.train_and_evaluate(other, tmp_path)
+
+
+def test_a_checkpoint_from_before_an_added_entry_matches_its_old_behaviour(data_dir):
+  """Checkpoints written before train.phase1_unseen existed behaved as "negatives": they resume under that value
+  and are refused under the other."""
+  config = _runlocal(data_dir, steps=2, checkpoint_every=2)
+  saved = checkpoints.checked_config(config)
+  del saved["train.phase1_unseen"]
+  checkpoints.check_matches(saved, config, "old")
+  config.train.phase1_unseen = "excluded"
+  with pytest.raises(ValueError, match=r"train.phase1_unseen: checkpoint has 'negatives', config has 'excluded'"):
+    checkpoints.check_matches(saved, config, "old")
 
 
 def _run_worker(workdir, data_dir, *overrides, env=None):

@@ -43,6 +43,8 @@ RESTART_CHANGES = ("train.lr", "train.warmup_steps")
 # What inference depends on: a checkpoint restored for inference must agree with the config on these (the setting
 # changes the class list and the calibration; the dataset, the class list of the result).
 INFERENCE_CHECKED = ("model.", "clip.", "setting", "dataset")
+# Config entries added after checkpoints were written without them, with the value those checkpoints behaved as.
+ADDED_ENTRIES = {"train.phase1_unseen": "negatives"}
 
 
 def checked_config(config: ml_collections.ConfigDict) -> dict:
@@ -64,6 +66,7 @@ def check_matches(saved: dict, config: ml_collections.ConfigDict, where: str,
                   prefixes: tuple[str, ...] = ("",), allowed: tuple[str, ...] = ()) -> None:
   """Raises with every differing entry (among those starting with one of `prefixes`, except `allowed`)."""
   current = checked_config(config)
+  saved = {**{k: v for k, v in ADDED_ENTRIES.items() if k in current}, **saved}
   keys = [k for k in sorted(set(saved) | set(current)) if k.startswith(prefixes) and k not in allowed]
   diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
            for k in keys if saved.get(k) != current.get(k)]

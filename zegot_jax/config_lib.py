@@ -63,7 +63,7 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
   c.model = model_section(model)
   c.train = ml_collections.ConfigDict(dict(
       steps=steps, batch_size=16, lr=2e-4, weight_decay=0.01, warmup_steps=1500, poly_power=0.9,
-      phase1_fraction=0.2, teacher=teacher, live_fraction=0.5, seed=0, num_workers=2,
+      phase1_fraction=0.2, teacher=teacher, live_fraction=0.5, phase1_unseen="negatives", seed=0, num_workers=2,
       log_every=50, checkpoint_every=2000, eval_every=steps // 4, eval_max_examples=0))
   c.eval = ml_collections.ConfigDict(dict(
       split="validation",  # the split evaluation reports on

@@ -24,6 +24,10 @@ import jax.numpy as jnp
 from zegot_jax.data.classes import IGNORE_INDEX, UNLABELLED
 
 TEACHER_POLICIES = ("previous", "frozen_then_live")
+# What phase 1 of a transductive run does with the unseen classes' channels: "negatives" trains them towards 0 on
+# every labelled (seen) pixel; "excluded" leaves them out of the loss until phase 2 ("the rest labels are ignored
+# for calculating losses", appendix B), so they stay as the frozen CLIP and the learned prompts make them.
+PHASE1_UNSEEN = ("negatives", "excluded")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +37,13 @@ class Schedule:
   teacher: str = "previous"
   live_fraction: float = 0.5  # frozen_then_live: the frozen teacher is used until 50% of the steps
   transductive: bool = True  # inductive runs never leave phase 1 (no unseen names, no pseudo-labels)
+  phase1_unseen: str = "negatives"  # PHASE1_UNSEEN
 
   def __post_init__(self):
     if self.teacher not in TEACHER_POLICIES:
       raise ValueError(f"teacher policy {self.teacher!r}; expected one of {TEACHER_POLICIES}")
+    if self.phase1_unseen not in PHASE1_UNSEEN:
+      raise ValueError(f"phase1_unseen {self.phase1_unseen!r}; expected one of {PHASE1_UNSEEN}")
     if not 0 <= self.phase1_fraction <= self.live_fraction <= 1:
       raise ValueError(f"need 0 <= phase1_fraction ({self.phase1_fraction}) <= live_fraction "
                        f"({self.live_fraction}) <= 1")
@@ -56,6 +63,12 @@ class Schedule:
   def self_training(self, step: jax.Array) -> jax.Array:
     """Whether `step` (a traced scalar) pseudo-labels: phase 2."""
     return step >= self.phase1_steps
+
+  def loss_classes(self, step: jax.Array, num_classes: int, unseen: Sequence[int]) -> jax.Array | None:
+    """(K,) bool: the classes the loss covers at `step` (a traced scalar); None: all of them."""
+    if self.phase1_unseen == "negatives" or not unseen:
+      return None
+    return jnp.ones(num_classes, bool).at[jnp.asarray(unseen)].set(self.self_training(step))
 
   def teacher_follows(self, step: jax.Array) -> jax.Array:
     """Whether the teacher takes the pre-update parameters at `step`: always in phase 1 (so that it holds

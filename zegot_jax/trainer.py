@@ -81,7 +81,8 @@ def make_schedule(config: ml_collections.ConfigDict) -> selftrain.Schedule:
   try:
     return selftrain.Schedule(total_steps=config.train.steps, phase1_fraction=config.train.phase1_fraction,
                               teacher=config.train.teacher, live_fraction=config.train.live_fraction,
-                              transductive=config.setting == "transductive")
+                              transductive=config.setting == "transductive",
+                              phase1_unseen=config.train.phase1_unseen)
   except ValueError as e:
     raise ConfigError(f"config train: {e}") from e
 
@@ -151,8 +152,9 @@ def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation,
     def loss_fn(params):
       text = apply(params, clip_params, tokens, method="encode_classes")  # once per step, for every image
       out, aux = apply(params, clip_params, features, text, method="decode")
-      score = segmentation_loss(out.score_logits, labels)
-      decoder = segmentation_loss(out.decoder_logits, labels)
+      classes = schedule.loss_classes(state.step, out.score_logits.shape[-1], unseen)
+      score = segmentation_loss(out.score_logits, labels, classes=classes)
+      decoder = segmentation_loss(out.decoder_logits, labels, classes=classes)
       metrics = dict(loss_score=score.total, loss_decoder=decoder.total, bce=score.bce + decoder.bce,
                      focal=score.focal + decoder.focal, dice=score.dice + decoder.dice)
       if aux["sinkhorn_iterations"] is not None:

@@ -95,3 +95,21 @@ def test_loss_and_gradient_equal_the_one_hot_form_at_large_logits():
   reference = jax.grad(lambda x: _one_hot_loss(x, labels))(logits)
   # float32 rounding of the correction at the pixel's class: ~1e-7 of the largest gradient entry
   np.testing.assert_allclose(jax.grad(ours)(logits), reference, rtol=1e-4, atol=1e-6 * float(jnp.abs(reference).max()))
+
+
+def test_excluded_classes_are_the_loss_of_the_other_channels_alone():
+  """classes=mask equals the loss of the included channels with the labels renumbered into them (the hand
+  computation of eqs. 13-15 over those channels), and gives the excluded channels no gradient."""
+  rng = np.random.default_rng(3)
+  logits = rng.normal(0, 2, (2, 3, 4, 5)).astype(np.float32)
+  included = np.array([True, False, True, True, False])
+  kept = np.flatnonzero(included)
+  labels = rng.choice(kept, (2, 3, 4))
+  labels[0, 1] = IGNORE_INDEX
+  renumbered = np.where(labels == IGNORE_INDEX, IGNORE_INDEX, np.searchsorted(kept, labels))
+  bce, focal, dice = _hand_loss(logits[..., kept], renumbered)
+  out = segmentation_loss(jnp.asarray(logits), jnp.asarray(labels), classes=jnp.asarray(included))
+  np.testing.assert_allclose([out.bce, out.focal, out.dice], [bce, focal, dice], rtol=1e-5)
+  grad = np.asarray(jax.grad(lambda x: segmentation_loss(x, jnp.asarray(labels), classes=included).total)(
+      jnp.asarray(logits)))
+  assert (grad[..., ~included] == 0).all() and np.abs(grad[..., included]).sum() > 0

@@ -38,9 +38,14 @@ class SegmentationLoss(NamedTuple):
 
 
 def segmentation_loss(logits: jax.Array, labels: jax.Array, *, weights: LossWeights = LossWeights(),
-                      gamma: float = 2.0, ignore_index: int = IGNORE_INDEX) -> SegmentationLoss:
-  """logits (B, H, W, K), labels (B, H, W) int → L_seg and its terms (eqs. 13-15)."""
+                      gamma: float = 2.0, ignore_index: int = IGNORE_INDEX,
+                      classes: jax.Array | None = None) -> SegmentationLoss:
+  """logits (B, H, W, K), labels (B, H, W) int → L_seg and its terms (eqs. 13-15). `classes` (K,) bool: the
+  classes whose channels the loss covers (default all); the others get no loss and no gradient (labels must not
+  name them)."""
   k = logits.shape[-1]
+  included = jnp.ones(k, jnp.float32) if classes is None else jnp.asarray(classes, jnp.float32)  # (K,)
+  k_included = jnp.maximum(included.sum(), 1.0)
   x = logits.astype(jnp.float32)
   valid = labels != ignore_index  # (B, H, W)
   label = jnp.where(valid, labels, 0).astype(jnp.int32)
@@ -53,16 +58,18 @@ def segmentation_loss(logits: jax.Array, labels: jax.Array, *, weights: LossWeig
     return (-log_not_p, -log_p), (-(p**gamma) * log_not_p, -((1 - p) ** gamma) * log_p), p
 
   (bce0, _), (focal0, _), p = terms(x)  # (B, H, W, K): every class as if y = 0
+  bce0, focal0 = bce0 * included, focal0 * included
   x_own = jnp.take_along_axis(x, label[..., None], axis=-1)[..., 0]  # (B, H, W): the logit of the pixel's class
   (bce0_own, bce1_own), (focal0_own, focal1_own), p_own = terms(x_own)
   mask = valid.astype(jnp.float32)
-  bce = ((bce0.sum(-1) + bce1_own - bce0_own) * mask).sum() / (n_valid * k)
-  focal = ((focal0.sum(-1) + focal1_own - focal0_own) * mask).sum() / (n_valid * k)
+  own_included = included[label]  # (B, H, W): 1 (labels name included classes only)
+  bce = ((bce0.sum(-1) + (bce1_own - bce0_own) * own_included) * mask).sum() / (n_valid * k_included)
+  focal = ((focal0.sum(-1) + (focal1_own - focal0_own) * own_included) * mask).sum() / (n_valid * k_included)
 
   # Dice per class over the batch's labelled pixels: Σ y·p and Σ y² by class (scatter-adds), Σ p² (eq. 15).
   yp = jnp.zeros(k, jnp.float32).at[label.ravel()].add((p_own * mask).ravel())
   yy = jnp.zeros(k, jnp.float32).at[label.ravel()].add(mask.ravel())
   pp = ((p * p) * mask[..., None]).sum(tuple(range(x.ndim - 1)))
-  dice = (1 - (2 * yp + 1) / (yy + pp + 1)).mean()
+  dice = ((1 - (2 * yp + 1) / (yy + pp + 1)) * included).sum() / k_included
   total = weights.bce * bce + weights.focal * focal + weights.dice * dice
   return SegmentationLoss(total, bce, focal, dice)
