@@ -15,7 +15,7 @@ from PIL import Image
 
 from zegot_jax import config_lib, from_config, pictures
 from zegot_jax.data import textures
-from zegot_jax.demo import results
+from zegot_jax.demo import diagnose, results
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.clip import CLIP, normalize_image
 
@@ -135,3 +135,20 @@ def test_the_core_never_imports_the_demo_or_the_app():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "[]", group
+
+
+def test_diagnosis_of_the_ensemble_is_what_evaluation_reported(demo_run, data_dir):
+  """diagnose's Y* is the evaluated output: its mIoU equals the run's evaluation at the same step; its teacher
+  confusion counts every unseen pixel of the split once."""
+  workdir, _ = demo_run
+  config = demo_config(data_dir)
+  d = diagnose.diagnose(config, workdir)
+  evaluated = [r for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+               if "eval/mIoU_unseen" in r][-1]
+  assert d["step"] == evaluated["step"] and d["split"] == "test"
+  for metric in ("mIoU_seen", "mIoU_unseen"):
+    assert d["branches"]["Y*"][metric] == pytest.approx(evaluated[f"eval/{metric}"], abs=0.01)
+  spec_unseen = [textures.CATEGORIES.index(n) for n in d["unseen"]]
+  source = from_config.open_dataset(config).splits["test"]
+  labels = np.stack([np.asarray(source[i]["label"])[..., 0] for i in range(len(source))])
+  assert np.asarray(d["teacher"]["confusion"]).sum(1).tolist() == [int((labels == c).sum()) for c in spec_unseen]

@@ -1,0 +1,109 @@
+r"""Where a demo run wins or loses its unseen classes: each output of eq. 11 alone, and the teacher's pseudo-labels.
+
+  python -m zegot_jax.demo.diagnose --config configs/demo.py --workdir runs/demo [--step N] [--split validation]
+
+For one checkpoint of a run on the textures world (its images are one evaluation window each), on a split:
+* mIoU(S), mIoU(U), hIoU of the score branch Y (eq. 9) alone, of the decoder's Ỹ (eq. 10) alone and of the
+  ensemble Y* = λY + (1 − λ)Ỹ (eq. 11, what evaluation reports), with the config's seen-class calibration;
+* on the pixels of unseen classes, the pseudo-labels this checkpoint gives as a teacher (Algorithm 2, line 11:
+  argmax of Y* over the unseen classes): a confusion matrix, its class-averaged accuracy and each class's share;
+* the share of those pixels whose argmax of Y* over all classes is an unseen class (seen against unseen).
+docs/demo.md's measurements of the demo's settings were made with it.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+from ml_collections import config_flags
+
+from zegot_jax import checkpoints, errors, evaluation, from_config, metrics
+from zegot_jax.models import zegot
+
+BRANCHES = (("Y", "score_logits"), ("Ỹ", "decoder_logits"), ("Y*", "logits"))
+
+
+def diagnose(config, workdir, step: int | None = None, split: str | None = None, batch: int = 50) -> dict:
+  """The measurements above as a dict: branches {name: {mIoU_seen, mIoU_unseen, hIoU}}, teacher {confusion
+  (U, U) rows truth, accuracy, share}, to_unseen (U,), step, split."""
+  run = checkpoints.load_run(workdir, config, step)
+  dataset = from_config.open_dataset(config)
+  spec = dataset.spec
+  split = split or evaluation.evaluation_split_name(config)
+  if split not in dataset.splits:
+    raise errors.UserError(f"--split {split!r}: {spec.name} has {sorted(dataset.splits)}")
+  source = dataset.splits[split]
+  seen, unseen = list(spec.seen), list(spec.unseen)
+  k, u = len(spec.classes), len(unseen)
+  seen_mask = jnp.zeros(k, bool).at[jnp.asarray(seen)].set(True)
+  text = run.model.apply({"params": run.params}, zegot.class_tokens(run.tokenizer, list(spec.classes),
+                                                                     run.model.config), method="encode_classes")
+
+  @jax.jit
+  def measure(images, labels):
+    out = run.model.apply({"params": run.params}, images, text, method="segment")[0]
+    counts = {name: metrics.iou_counts(metrics.predict_labels(getattr(out, field), seen_mask,
+                                                                config.eval.seen_bias), labels, k)
+              for name, field in BRANCHES}
+    teacher = jnp.argmax(out.logits[..., jnp.asarray(unseen)], axis=-1)  # (B, H, W) index into `unseen`
+    truth = jnp.argmax(labels[..., None] == jnp.asarray(unseen), axis=-1)
+    on_unseen = jnp.isin(labels, jnp.asarray(unseen))
+    confusion = jnp.zeros((u, u), jnp.int32).at[truth, teacher].add(on_unseen.astype(jnp.int32))
+    to_unseen = jnp.zeros(u, jnp.int32).at[truth].add(
+        (on_unseen & jnp.isin(jnp.argmax(out.logits, axis=-1), jnp.asarray(unseen))).astype(jnp.int32))
+    return counts, confusion, to_unseen
+
+  sums = {name: metrics.IoUAccumulator(k) for name, _ in BRANCHES}
+  confusion, to_unseen = np.zeros((u, u), np.int64), np.zeros(u, np.int64)
+  for start in range(0, len(source), batch):
+    examples = [source[i] for i in range(start, min(start + batch, len(source)))]
+    images = np.stack([np.asarray(e["image"]) for e in examples])
+    labels = np.stack([np.asarray(e["label"])[..., 0] for e in examples]).astype(np.int32)
+    counts, c, t = measure(images, labels)
+    for name, (inter, union) in counts.items():
+      sums[name].add(inter, union)
+    confusion += np.asarray(c)
+    to_unseen += np.asarray(t)
+  branches = {}
+  for name, acc in sums.items():
+    report = metrics.miou_report(acc.intersection, acc.union, spec.classes, seen, unseen)
+    branches[name] = {m: report[m] for m in ("mIoU_seen", "mIoU_unseen", "hIoU")}
+  pixels = confusion.sum(1)
+  return dict(step=run.step, split=split, unseen=[spec.classes[c] for c in unseen], branches=branches,
+              teacher=dict(confusion=confusion.tolist(), accuracy=float(np.mean(np.diag(confusion) / pixels)),
+                           share=(confusion.sum(0) / confusion.sum()).tolist()),
+              to_unseen=(to_unseen / pixels).tolist())
+
+
+def format_diagnosis(d: dict) -> str:
+  lines = [f"step {d['step']}, {d['split']} split", "", "| output | mIoU(S) | mIoU(U) | hIoU |", "|---|---|---|---|"]
+  lines += [f"| {n} | {r['mIoU_seen']:.1f} | {r['mIoU_unseen']:.1f} | {r['hIoU']:.1f} |" for n, r in
+            d["branches"].items()]
+  t = d["teacher"]
+  lines += ["", "teacher's pseudo-labels on unseen pixels (rows: truth; columns: pseudo-label; right: recall)",
+            "| | " + " | ".join(d["unseen"]) + " | right |", "|---" * (len(d["unseen"]) + 2) + "|"]
+  for i, (name, row) in enumerate(zip(d["unseen"], t["confusion"])):
+    lines.append(f"| {name} | " + " | ".join(str(x) for x in row) + f" | {100 * row[i] / max(sum(row), 1):.0f}% |")
+  lines.append(f"class-averaged accuracy {100 * t['accuracy']:.1f}% (chance {100 / len(d['unseen']):.0f}%); share "
+               "of the pseudo-labels: " + ", ".join(f"{n} {100 * s:.0f}%" for n, s in zip(d["unseen"], t["share"])))
+  lines.append("unseen pixels whose argmax over all classes is an unseen class: "
+               + ", ".join(f"{n} {100 * s:.0f}%" for n, s in zip(d["unseen"], d["to_unseen"])))
+  return "\n".join(lines)
+
+
+def main(argv, f: dict):
+  del argv
+  print(format_diagnosis(diagnose(f["config"].value, f["workdir"].value, f["step"].value, f["split"].value)))
+
+
+if __name__ == "__main__":
+  _flags = dict(config=config_flags.DEFINE_config_file("config", "configs/demo.py", "the run's config file",
+                                                       lock_config=True),
+                workdir=flags.DEFINE_string("workdir", None, "the run's workdir", required=True),
+                step=flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)"),
+                split=flags.DEFINE_string("split", None, "split (default: the config's evaluation split)"))
+  errors.run(functools.partial(main, f=_flags))
