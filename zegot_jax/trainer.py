@@ -149,10 +149,11 @@ def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation,
     else:
       labels = selftrain.ignore_unlabelled(labels)
 
+    classes = schedule.loss_classes(state.step, tokens.shape[0], unseen)  # (K,) bool or None: all classes
+
     def loss_fn(params):
       text = apply(params, clip_params, tokens, method="encode_classes")  # once per step, for every image
       out, aux = apply(params, clip_params, features, text, method="decode")
-      classes = schedule.loss_classes(state.step, out.score_logits.shape[-1], unseen)
       score = segmentation_loss(out.score_logits, labels, classes=classes)
       decoder = segmentation_loss(out.decoder_logits, labels, classes=classes)
       metrics = dict(loss_score=score.total, loss_decoder=decoder.total, bce=score.bce + decoder.bce,

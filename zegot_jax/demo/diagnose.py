@@ -17,11 +17,13 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from zegot_jax import checkpoints, errors, evaluation, from_config, metrics
+from zegot_jax import checkpoints, config_lib, errors, evaluation, from_config, metrics
+from zegot_jax.demo import results
 from zegot_jax.models import zegot
 
 BRANCHES = (("Y", "score_logits"), ("Ỹ", "decoder_logits"), ("Y*", "logits"))
@@ -31,12 +33,12 @@ def diagnose(config, workdir, step: int | None = None, split: str | None = None,
   """The measurements above as a dict: branches {name: {mIoU_seen, mIoU_unseen, hIoU}}, teacher {confusion
   (U, U) rows truth, accuracy, share}, to_unseen (U,), step, split."""
   run = checkpoints.load_run(workdir, config, step)
+  if split is not None:  # on a copy: the caller's config is left as it is
+    config = config_lib.apply_overrides(ml_collections.ConfigDict(config.to_dict()), {"eval.split": split})
   dataset = from_config.open_dataset(config)
   spec = dataset.spec
-  split = split or evaluation.evaluation_split_name(config)
-  if split not in dataset.splits:
-    raise errors.UserError(f"--split {split!r}: {spec.name} has {sorted(dataset.splits)}")
-  source = dataset.splits[split]
+  source = evaluation.evaluation_split(config, dataset)  # ConfigError naming the splits when it has no such split
+  split = evaluation.evaluation_split_name(config)
   seen, unseen = list(spec.seen), list(spec.unseen)
   k, u = len(spec.classes), len(unseen)
   seen_mask = jnp.zeros(k, bool).at[jnp.asarray(seen)].set(True)
@@ -71,7 +73,7 @@ def diagnose(config, workdir, step: int | None = None, split: str | None = None,
   branches = {}
   for name, acc in sums.items():
     report = metrics.miou_report(acc.intersection, acc.union, spec.classes, seen, unseen)
-    branches[name] = {m: report[m] for m in ("mIoU_seen", "mIoU_unseen", "hIoU")}
+    branches[name] = {m: report[m] for m in results.METRICS}
   pixels = confusion.sum(1)
   return dict(step=run.step, split=split, unseen=[spec.classes[c] for c in unseen], branches=branches,
               teacher=dict(confusion=confusion.tolist(), accuracy=float(np.mean(np.diag(confusion) / pixels)),
