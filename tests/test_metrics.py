@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from zegot_jax.data.classes import IGNORE_INDEX, UNLABELLED
+from zegot_jax import metrics
 from zegot_jax.metrics import IoUAccumulator, format_table, iou_counts, miou_report, predict_labels
 
 NAMES = ("sky", "road", "car", "tree", "person", "boat")  # class 5 (boat) never occurs
@@ -165,3 +166,17 @@ def test_predict_labels_bias_flips_exactly_below_margin():
   assert out.shape == (4, 50)
   np.testing.assert_array_equal(out[clear], expected[clear])
   np.testing.assert_array_equal((out != plain)[clear], flips[clear])
+
+
+def test_auroc_equals_the_pairwise_definition():
+  """AUROC from ranks equals the fraction of (positive, negative) pairs ordered right, ties counting 1/2, counted
+  pair by pair; a perfect and a reversed ranking give 1 and 0."""
+  rng = np.random.default_rng(5)
+  scores = rng.integers(0, 12, 300).astype(np.float32)  # many ties
+  positive = rng.random(300) < 0.3 + 0.05 * scores
+  pos, neg = scores[positive], scores[~positive]
+  pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+  np.testing.assert_allclose(metrics.auroc(scores, positive), pairs, rtol=1e-12)
+  assert metrics.auroc(np.arange(10.0), np.arange(10) >= 6) == 1.0
+  assert metrics.auroc(-np.arange(10.0), np.arange(10) >= 6) == 0.0
+  assert np.isnan(metrics.auroc(np.arange(3.0), np.zeros(3, bool)))

@@ -133,6 +133,23 @@ def test_a_checkpoint_from_before_an_added_entry_matches_its_old_behaviour(data_
     checkpoints.check_matches(saved, config, "old")
 
 
+def test_a_run_from_before_the_score_scale_reads_back_as_it_was_trained(data_dir, tmp_path):
+  """A run's config.json written before model.score_scale existed is read as τ = 1 (what it was trained with), not
+  as today's default; its checkpoint is refused under another τ."""
+  config = _runlocal(data_dir, steps=2, checkpoint_every=2)
+  config.model.score_scale = 10.0
+  old = json.loads(config.to_json())
+  for key in ("score_scale", "score_scale_learnable", "score_scale_at"):
+    del old["model"][key]
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  read = checkpoints.read_run_config(tmp_path)
+  assert (read.model.score_scale, read.model.score_scale_learnable, read.model.score_scale_at) == (1.0, False,
+                                                                                                   "logits")
+  saved = {k: v for k, v in checkpoints.checked_config(config).items() if not k.startswith("model.score_scale")}
+  with pytest.raises(ValueError, match=r"model.score_scale: checkpoint has 1.0, config has 10.0"):
+    checkpoints.check_matches(saved, config, "old")
+
+
 def _run_worker(workdir, data_dir, *overrides, env=None):
   return subprocess.Popen([PYTHON, str(ROOT / "tests" / "train_worker.py"), str(workdir), str(data_dir),
                            *overrides], env={**os.environ, **(env or {})}, cwd=ROOT,

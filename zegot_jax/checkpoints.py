@@ -34,9 +34,10 @@ from zegot_jax.models import prompts, zegot
 
 # Config entries that may change between a run and its resumption without changing what it computes (each is
 # tested to resume bit for bit). Not train.num_workers: grain's iterator state differs with and without worker
-# processes, so a run resumes with the worker count it was saved with.
+# processes, so a run resumes with the worker count it was saved with. clip.attention picks who computes the same
+# attention (XLA or cuDNN): a change changes the rounding at most, and nothing where it resolves as before.
 RESUMABLE_CHANGES = ("data_dir", "train.log_every", "train.checkpoint_every", "train.eval_every",
-                     "train.eval_max_examples", "eval.batch_windows", "eval.pictures")
+                     "train.eval_max_examples", "eval.batch_windows", "eval.pictures", "clip.attention")
 # Entries that may also change when a run is restarted from an earlier checkpoint on purpose (--restart_from), e.g.
 # with a lower learning rate after the run diverged.
 RESTART_CHANGES = ("train.lr", "train.warmup_steps")
@@ -44,7 +45,8 @@ RESTART_CHANGES = ("train.lr", "train.warmup_steps")
 # changes the class list and the calibration; the dataset, the class list of the result).
 INFERENCE_CHECKED = ("model.", "clip.", "setting", "dataset")
 # Config entries added after checkpoints were written without them, with the value those checkpoints behaved as.
-ADDED_ENTRIES = {"train.phase1_unseen": "negatives"}
+ADDED_ENTRIES = {"train.phase1_unseen": "negatives", "model.score_scale": 1.0, "model.score_scale_learnable": False,
+                 "model.score_scale_at": "logits"}
 
 
 def checked_config(config: ml_collections.ConfigDict) -> dict:
@@ -239,9 +241,19 @@ def read_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     raise MissingFileError(f"{path} does not exist: --workdir must be a training run's directory "
                            f"(or pass --config)")
   try:
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DamagedFileError(f"{path} is damaged ({e}); pass the run's config file with --config instead") from e
+  for key, value in ADDED_ENTRIES.items():  # a run older than an entry behaved as its value, not today's default
+    *path_to, last = key.split(".")
+    node = config
+    for part in path_to:
+      node = node[part] if part in node else None
+      if node is None:
+        break
+    if node is not None and last not in node:
+      node[last] = value
+  return config
 
 
 class TrainedRun(NamedTuple):

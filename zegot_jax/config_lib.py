@@ -59,7 +59,8 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
 
   c.clip = ml_collections.ConfigDict(dict(
       path="openai/clip-vit-base-patch16",  # a checkpoint directory or hub id; "random-tiny" for smoke runs
-      image_size=image_size, dtype="bfloat16"))
+      image_size=image_size, dtype="bfloat16",
+      attention="auto"))  # auto | xla | cudnn; auto: cuDNN's fused attention on an NVIDIA GPU in bfloat16, else XLA
   c.model = model_section(model)
   c.train = ml_collections.ConfigDict(dict(
       steps=steps, batch_size=16, lr=2e-4, weight_decay=0.01, warmup_steps=1500, poly_power=0.9,

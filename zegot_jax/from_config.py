@@ -19,11 +19,13 @@ from jax.sharding import PartitionSpec as P
 from zegot_jax.data import build as data_build
 from zegot_jax.errors import ConfigError, MissingFileError
 from zegot_jax.data import registry
-from zegot_jax.models import clip_checkpoint, tiny_clip, zegot
+from zegot_jax.models import attention, clip_checkpoint, tiny_clip, zegot
+from zegot_jax.models.clip import CLIPConfig
 from zegot_jax.models.mpot import SinkhornConfig
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+  attention_for(config)  # like the mesh, clip.attention must fit these devices: refused before anything is loaded
   fsdp = config.mesh.fsdp
   data = config.mesh.data if config.mesh.data > 0 else jax.device_count() // fsdp
   if data * fsdp != jax.device_count():
@@ -75,6 +77,17 @@ def model_config(config: ml_collections.ConfigDict) -> zegot.ZegOTConfig:
     raise ConfigError(f"config.model: {e}") from e
 
 
+def attention_for(config: ml_collections.ConfigDict, clip_config: CLIPConfig | None = None, dtype: Any = None) -> str:
+  """clip.attention resolved for this machine and dtype: "cudnn" when cuDNN's fused attention can run both towers
+  of `clip_config` (their head dimensions; None: not checked yet), else "xla"; a ConfigError when "cudnn" was asked
+  for where it cannot run. A run saved before the entry existed reads as "auto": the implementation changes only
+  the rounding, not what is computed. `dtype`: the compute dtype when not clip.dtype (the benchmarks' --dtype)."""
+  setting, dtype = config.clip.get("attention", "auto"), jnp.dtype(dtype or config.clip.dtype)
+  head_dims = [None] if clip_config is None else [clip_config.vision.head_dim, clip_config.text.head_dim]
+  chosen = {attention.resolve(setting, dtype, head_dim=h) for h in head_dims}
+  return "cudnn" if chosen == {"cudnn"} else "xla"
+
+
 def load_clip(config: ml_collections.ConfigDict, workdir: pathlib.Path,
               create: bool = True) -> clip_checkpoint.LoadedCLIP:
   return clip_checkpoint.from_pretrained(resolve_clip_path(config, workdir, create), image_size=config.clip.image_size,
@@ -82,7 +95,8 @@ def load_clip(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
 
 def build_model(config: ml_collections.ConfigDict, clip: clip_checkpoint.LoadedCLIP) -> zegot.ZegOT:
-  return zegot.ZegOT(clip.config, model_config(config), dtype=jnp.dtype(config.clip.dtype))
+  return zegot.ZegOT(clip.config, model_config(config), dtype=jnp.dtype(config.clip.dtype),
+                     attention=attention_for(config, clip.config))
 
 
 def open_dataset(config: ml_collections.ConfigDict, name: str | None = None) -> registry.Dataset:

@@ -162,3 +162,17 @@ def predict_labels(logits: jax.Array, seen_mask: jax.Array | None = None, seen_b
   if seen_mask is not None:
     logits = logits - seen_bias * jnp.asarray(seen_mask, logits.dtype)
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+  """Area under the ROC curve of `scores` ranking the `positive` entries above the others: the probability that a
+  random positive scores above a random negative, ties counting one half (Mann-Whitney U / (P·N), from average
+  ranks). NaN when either side is empty."""
+  import scipy.stats  # pylint: disable=g-import-not-at-top
+
+  scores, positive = np.ravel(scores), np.ravel(positive).astype(bool)
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if n_pos == 0 or n_neg == 0:
+    return math.nan
+  ranks = scipy.stats.rankdata(scores)  # 1-based, ties averaged
+  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))

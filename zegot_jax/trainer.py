@@ -42,7 +42,7 @@ from zegot_jax.errors import ConfigError, DamagedFileError, DivergedError
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.losses import segmentation_loss
 
-TIMING_METRICS = ("images_per_s", "seconds_per_step")
+TIMING_METRICS = ("images_per_s", "seconds_per_step", "data_wait_fraction")  # machine-dependent, not state
 
 
 @flax.struct.dataclass
@@ -352,10 +352,12 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   last_metrics, last_eval, evaluator = {}, None, None
   pending = []  # device metrics since the last log: fetched together, so the loop never waits on the device
   bar = tqdm(total=t.steps, initial=start, disable=not is_main, desc="train", dynamic_ncols=True)
-  timer, timed_steps = time.perf_counter(), 0
+  timer, timed_steps, waited = time.perf_counter(), 0, 0.0  # waited: seconds in next(iterator) since the log
   try:
     for step in range(start, t.steps):
+      asked = time.perf_counter()
       local = next(iterator)
+      waited += time.perf_counter() - asked
       images = jax.make_array_from_process_local_data(batch_sharding, local["image"])
       labels = jax.make_array_from_process_local_data(batch_sharding, label_lut[local["label"]])
       distortion = jax.make_array_from_process_local_data(batch_sharding, local["photometric"])
@@ -375,11 +377,11 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
             raise _diverged(s, schedule.phase(s - 1), f"the loss is {m['loss']}", mngr.latest_step())
         last_metrics = {**fetched[-1], "phase": schedule.phase(step),
                         "images_per_s": timed_steps * t.batch_size / elapsed,
-                        "seconds_per_step": elapsed / timed_steps}
+                        "seconds_per_step": elapsed / timed_steps, "data_wait_fraction": waited / elapsed}
         writer.write(done, last_metrics)
         bar.set_postfix(phase=last_metrics["phase"], loss=f"{last_metrics['loss']:.4f}",
                         lr=f"{last_metrics['lr']:.2e}", img_s=f"{last_metrics['images_per_s']:.1f}")
-        timer, timed_steps = time.perf_counter(), 0
+        timer, timed_steps, waited = time.perf_counter(), 0, 0.0
       bar.update(1)
       if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
         if evaluator is None:  # built at the first evaluation, on the dataset already open: opened once per run
@@ -387,7 +389,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
                                            max_examples=t.eval_max_examples, pictures_dir=workdir / "pictures")
         last_eval = evaluator(zegot.merge_params(state.params, clip_params), done)
         writer.write(done, {f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
-        timer = time.perf_counter()
+        timer, waited = time.perf_counter(), 0.0
       if multi_process and mngr.reached_preemption(done):
         stop["requested"] = True
       if done % t.checkpoint_every == 0 or done == t.steps or stop["requested"]:

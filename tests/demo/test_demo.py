@@ -152,3 +152,15 @@ def test_diagnosis_of_the_ensemble_is_what_evaluation_reported(demo_run, data_di
   source = from_config.open_dataset(config).splits["test"]
   labels = np.stack([np.asarray(source[i]["label"])[..., 0] for i in range(len(source))])
   assert np.asarray(d["teacher"]["confusion"]).sum(1).tolist() == [int((labels == c).sum()) for c in spec_unseen]
+  # The prompts' AUROC: the fused map S* of prompt n for class c, recomputed through the model's full call and
+  # upsampled independently, ranks the class's pixels as diagnose says.
+  from zegot_jax import checkpoints, metrics  # pylint: disable=g-import-not-at-top
+  run = checkpoints.load_run(workdir, config)
+  tokens = zegot.class_tokens(run.tokenizer, list(textures.CATEGORIES), run.model.config)
+  images = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
+  fused = jax.jit(lambda x: run.model.apply({"params": run.params}, x, jnp.asarray(tokens))[1]["fused_map"])(images)
+  a = d["prompt_auroc"]
+  for c, n in ((spec_unseen[0], 0), (0, 1)):
+    score = jax.image.resize(fused[..., c, n], labels.shape, "bilinear")
+    assert a["auroc"][c][n] == pytest.approx(metrics.auroc(np.asarray(score), labels == c), abs=1e-4)
+  assert a["mean_unseen"] == pytest.approx(np.mean([a["auroc"][c] for c in spec_unseen]))

@@ -107,6 +107,9 @@ ABLATIONS = {
     "fusion_norm=minmax": dict(fusion_norm="minmax"),
     "dense_features=maskclip": dict(dense_features="maskclip"),
     "ga_init=random": dict(ga_init="random"),
+    "score_scale=10": dict(score_scale=10.0),
+    "score_scale_at=fusion": dict(score_scale=10.0, score_scale_at="fusion"),
+    "score_scale_learnable": dict(score_scale=10.0, score_scale_learnable=True),
 }
 
 
@@ -236,3 +239,46 @@ def test_trainable_init_equals_the_trainable_part_of_a_full_init(clip, overrides
   jax.tree_util.tree_map(np.testing.assert_array_equal, trainable, full)
   assert jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), zegot.abstract_trainable(model)) == \
       jax.tree_util.tree_map(lambda a: (a.shape, a.dtype), full)
+
+
+def test_score_scale_multiplies_y_or_the_refined_maps(clip, images):
+  """score_scale_at="logits": Y = τ·U(Σ_N S*) (eq. 9) with everything else unchanged; "fusion": eq. 8 fuses
+  τ·S*_i, so S* = τS*_L · Π σ(τS*_i)^(1/(d−1)), recomputed here from the refined maps by hand."""
+  model, params, tokens = _build(clip)
+  out1, aux1 = _run(model, params, images, tokens)
+  scaled = dataclasses.replace(BASE, score_scale=7.5)
+  out, aux = _run(zegot.ZegOT(clip[0].config, scaled), params, images, tokens)
+  np.testing.assert_allclose(out.score_logits, 7.5 * np.asarray(out1.score_logits), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(out.decoder_logits, out1.decoder_logits, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out.logits, 0.8 * out.score_logits + 0.2 * out.decoder_logits, rtol=1e-5, atol=1e-5)
+
+  at_fusion = dataclasses.replace(scaled, score_scale_at="fusion")
+  _, aux_f = _run(zegot.ZegOT(clip[0].config, at_fusion), params, images, tokens)
+  refined = 7.5 * np.asarray(aux1["refined_maps"], np.float64)  # the refined maps do not depend on τ
+  np.testing.assert_allclose(aux_f["refined_maps"], aux1["refined_maps"], rtol=1e-6, atol=1e-6)
+  expected = refined[-1] * np.prod(1 / (1 + np.exp(-refined[:-1])), axis=0) ** (1 / 2)
+  np.testing.assert_allclose(aux_f["fused_map"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_learnable_score_scale_starts_at_its_value_and_gets_the_right_gradient(clip, images):
+  """With score_scale_learnable, log τ is a trainable parameter started at log(score_scale); its gradient equals a
+  central finite difference of the loss on Y."""
+  config = dataclasses.replace(BASE, score_scale=10.0, score_scale_learnable=True)
+  model, params, tokens = _build(clip, config)
+  np.testing.assert_allclose(params["log_score_scale"], np.log(10.0), rtol=1e-6)
+  labels = jnp.asarray(np.random.default_rng(3).integers(0, 5, (2, 40, 32)))
+
+  def loss(log_tau):
+    out, _ = model.apply({"params": dict(params, log_score_scale=log_tau)}, images, jnp.asarray(tokens))
+    return segmentation_loss(out.score_logits, labels).total
+
+  loss = jax.jit(loss)
+  grad = float(jax.grad(loss)(params["log_score_scale"]))
+  h = 1e-2
+  fd = (float(loss(params["log_score_scale"] + h)) - float(loss(params["log_score_scale"] - h))) / (2 * h)
+  assert abs(grad) > 1e-4
+  np.testing.assert_allclose(grad, fd, rtol=2e-2)
+  with pytest.raises(ValueError, match=r"score_scale=0.0"):
+    zegot.ZegOTConfig(score_scale=0.0)
+  with pytest.raises(ValueError, match=r"score_scale_at='before'; expected one of"):
+    zegot.ZegOTConfig(score_scale_at="before")

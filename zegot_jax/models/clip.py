@@ -57,6 +57,10 @@ class TowerConfig:
           f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
       )
 
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig(TowerConfig):
@@ -103,23 +107,37 @@ def vit_b16_config(image_size: int, eos_token_id: int = 49407) -> CLIPConfig:
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with q/k/v/out projections (transformers' `CLIPAttention`)."""
+  """Multi-head self-attention with q/k/v/out projections (transformers' `CLIPAttention`).
+
+  `attention`: "xla" (JAX's default implementation) or "cudnn" (cuDNN's fused attention), as resolved from the
+  setting clip.attention by `attention.resolve`. Padding comes as a boolean `mask` (B, 1, 1, T) of the keys, or
+  as `lengths` (B,): the first lengths[b] tokens of sequence b are real, the rest padding, which neither attends
+  nor is attended (its attention output is zero). cuDNN takes the lengths form only.
+  """
 
   features: int
   num_heads: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "xla"
 
   def setup(self):
+    if self.attention not in ("xla", "cudnn"):
+      raise ValueError(f"Attention.attention={self.attention!r}: expected 'xla' or 'cudnn' (see attention.resolve)")
     dense = functools.partial(nn.Dense, self.features, dtype=self.dtype, param_dtype=self.param_dtype)
     self.q_proj, self.k_proj, self.v_proj, self.out_proj = dense(), dense(), dense(), dense()
 
   def _heads(self, x: jax.Array) -> jax.Array:
     return x.reshape(*x.shape[:-1], self.num_heads, self.features // self.num_heads)  # (B, T, heads, head_dim)
 
-  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
+               lengths: jax.Array | None = None) -> jax.Array:
+    if self.attention == "cudnn" and mask is not None:
+      raise ValueError("cuDNN's fused attention takes padding as lengths, not as a mask")
     q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)  # scale = head_dim ** -0.5
+    out = jax.nn.dot_product_attention(  # scale = head_dim ** -0.5
+        q, k, v, mask=mask, is_causal=causal, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+        implementation=None if self.attention == "xla" else "cudnn")  # None: JAX's default, XLA
     return self.out_proj(out.reshape(x.shape))
 
   def value_embeddings(self, x: jax.Array) -> jax.Array:
@@ -151,16 +169,18 @@ class EncoderLayer(nn.Module):
   config: TowerConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "xla"
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.layer_norm1 = _layer_norm(c, **kw)
-    self.self_attn = Attention(c.hidden_size, c.num_attention_heads, **kw)
+    self.self_attn = Attention(c.hidden_size, c.num_attention_heads, **kw, attention=self.attention)
     self.layer_norm2 = _layer_norm(c, **kw)
     self.mlp = MLP(c, **kw)
 
-  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None) -> jax.Array:
-    x = x + self.self_attn(self.layer_norm1(x), causal=causal, mask=mask)
+  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
+               lengths: jax.Array | None = None) -> jax.Array:
+    x = x + self.self_attn(self.layer_norm1(x), causal=causal, mask=mask, lengths=lengths)
     return x + self.mlp(self.layer_norm2(x))
 
   def value_embeddings(self, x: jax.Array) -> jax.Array:
@@ -173,12 +193,14 @@ class Encoder(nn.Module):
   config: TowerConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "xla"
 
   def setup(self):
-    self.layers = [EncoderLayer(self.config, self.dtype, self.param_dtype)  # named layers_0, layers_1, ...
+    self.layers = [EncoderLayer(self.config, self.dtype, self.param_dtype, self.attention)  # layers_0, layers_1, ...
                    for _ in range(self.config.num_hidden_layers)]
 
   def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
+               lengths: jax.Array | None = None,
                value_embeddings: bool = False) -> tuple[tuple[jax.Array, ...], jax.Array | None]:
     """Returns (hidden_states, values): hidden_states[i] is the output of layer i (1-based), [0] the input;
     values are the last layer's value embeddings when asked for (else None)."""
@@ -186,7 +208,7 @@ class Encoder(nn.Module):
     for i, layer in enumerate(self.layers):
       if value_embeddings and i == len(self.layers) - 1:
         values = layer.value_embeddings(x)
-      x = layer(x, causal=causal, mask=mask)
+      x = layer(x, causal=causal, mask=mask, lengths=lengths)
       hidden_states.append(x)
     return tuple(hidden_states), values
 
@@ -234,12 +256,13 @@ class VisionTransformer(nn.Module):
   projection_dim: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "xla"
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embeddings = VisionEmbeddings(c, **kw)
     self.pre_layrnorm = _layer_norm(c, **kw)  # sic: transformers' spelling
-    self.encoder = Encoder(c, **kw)
+    self.encoder = Encoder(c, **kw, attention=self.attention)
     self.post_layernorm = _layer_norm(c, **kw)
 
   def __call__(self, pixels: jax.Array, projection: nn.Module, *, feature_layers: Sequence[int] = (),
@@ -314,20 +337,21 @@ class TextTransformer(nn.Module):
   config: TextConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "xla"
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embeddings = TextEmbeddings(c, param_dtype=self.param_dtype)
-    self.encoder = Encoder(c, **kw)
+    self.encoder = Encoder(c, **kw, attention=self.attention)
     self.final_layer_norm = _layer_norm(c, **kw)
 
   def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
     return self.embeddings.embed_tokens(input_ids)
 
   def __call__(self, input_ids: jax.Array, projection: nn.Module, *, inputs_embeds: jax.Array | None = None,
-               attention_mask: jax.Array | None = None) -> TextOutput:
+               attention_mask: jax.Array | None = None, padding_as_lengths: bool | None = None) -> TextOutput:
     """input_ids (..., T) give the pooling position; inputs_embeds (..., T, width), when given, replace the
-    token embeddings (CoOp contexts). attention_mask (..., T) masks padding keys as transformers does."""
+    token embeddings (CoOp contexts). attention_mask (..., T) marks the real tokens; see `CLIP.encode_text`."""
     batch_shape, t = input_ids.shape[:-1], input_ids.shape[-1]
     if t > self.config.max_position_embeddings:
       raise ValueError(f"text length {t} exceeds max_position_embeddings={self.config.max_position_embeddings}")
@@ -335,10 +359,14 @@ class TextTransformer(nn.Module):
       inputs_embeds = self.embed_tokens(input_ids)
     x = self.embeddings(inputs_embeds)
     x = x.reshape(-1, t, x.shape[-1]).astype(self.dtype)  # (B, T, width)
-    mask = None
-    if attention_mask is not None:
+    if padding_as_lengths is None:
+      padding_as_lengths = self.attention == "cudnn"  # cuDNN takes no mask
+    mask = lengths = None
+    if attention_mask is not None and padding_as_lengths:  # right padding: the real tokens are a prefix
+      lengths = attention_mask.reshape(-1, t).sum(axis=-1, dtype=jnp.int32)  # (B,)
+    elif attention_mask is not None:
       mask = attention_mask.reshape(-1, 1, 1, t).astype(bool)  # (B, heads=1, q=1, k=T)
-    hidden_states, _ = self.encoder(x, causal=True, mask=mask)
+    hidden_states, _ = self.encoder(x, causal=True, mask=mask, lengths=lengths)
     last = self.final_layer_norm(hidden_states[-1])
     eos = eos_positions(input_ids.reshape(-1, t), self.config.eos_token_id)
     pooled = jnp.take_along_axis(last, eos[:, None, None], axis=1)[:, 0]  # (B, width)
@@ -359,11 +387,12 @@ class CLIP(nn.Module):
   config: CLIPConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
+  attention: str = "xla"  # both towers' attention: "xla" or "cudnn" (`attention.resolve` of clip.attention)
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.vision_model = VisionTransformer(c.vision, c.projection_dim, **kw)
-    self.text_model = TextTransformer(c.text, **kw)
+    self.vision_model = VisionTransformer(c.vision, c.projection_dim, **kw, attention=self.attention)
+    self.text_model = TextTransformer(c.text, **kw, attention=self.attention)
     self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, **kw)
     self.text_projection = nn.Dense(c.projection_dim, use_bias=False, **kw)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(2.6592), (), self.param_dtype)
@@ -377,9 +406,17 @@ class CLIP(nn.Module):
     return self.vision_model(pixels, self.visual_projection, feature_layers=tuple(feature_layers),
                              value_embeddings=value_embeddings)
 
-  def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> TextOutput:
-    """input_ids (..., T) → text embeddings (..., D)."""
-    return self.text_model(input_ids, self.text_projection, attention_mask=attention_mask)
+  def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None, *,
+                  padding_as_lengths: bool | None = None) -> TextOutput:
+    """input_ids (..., T) → text embeddings (..., D). attention_mask (..., T): 1 on the real tokens, 0 on the
+    padding after them (right padding, as CLIP's tokenizers pad), masking the padding keys as transformers does.
+
+    The padding reaches the attention as a boolean mask of the keys (XLA; transformers' computation exactly) or,
+    with `padding_as_lengths` (the default under cuDNN, which takes no mask), as each sequence's length. The
+    embeddings are the same either way (tested); only the hidden states at padding positions differ, whose
+    attention output is zero with lengths."""
+    return self.text_model(input_ids, self.text_projection, attention_mask=attention_mask,
+                           padding_as_lengths=padding_as_lengths)
 
   def encode_prompts(self, input_ids: jax.Array, context: jax.Array, context_start: int = 1) -> TextOutput:
     """CoOp prompts: every class's token ids, with the tokens at [context_start, context_start + C) replaced by

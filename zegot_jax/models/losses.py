@@ -37,6 +37,7 @@ class SegmentationLoss(NamedTuple):
   dice: jax.Array
 
 
+@jax.named_scope("losses")  # its ops' name in a compiled step, which a profile attributes by (tools/profile_parts.py)
 def segmentation_loss(logits: jax.Array, labels: jax.Array, *, weights: LossWeights = LossWeights(),
                       gamma: float = 2.0, ignore_index: int = IGNORE_INDEX,
                       classes: jax.Array | None = None) -> SegmentationLoss:

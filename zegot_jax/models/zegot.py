@@ -38,6 +38,7 @@ from zegot_jax.models.mpot import SinkhornConfig, bipartite_refine, mpot_refine
 MATCHINGS = ("mpot", "none", "bipartite", "self_attention")
 PROMPT_KINDS = ("learnable", "handcrafted")
 FUSION_NORMS = ("sigmoid", "minmax")
+SCORE_SCALE_AT = ("logits", "fusion")
 DENSE_FEATURES = ("tokens", "maskclip")
 GA_INITS = ("identity", "random")
 HANDCRAFTED_TEMPLATES = ("a photo of a {}.", "a photo of the {}.", "a photo of a small {}.", "a photo of a large {}.")
@@ -60,6 +61,14 @@ class ZegOTConfig:
   # Q's initialization (the paper leaves it open): "identity" starts from g_GA = g, CLIP's own zero-shot
   # alignment, which training then adapts; "random" (LeCun normal) starts from a random projection of the text.
   ga_init: str = "identity"
+  # τ, the scale of the cosine scores in the per-class sigmoids (the paper states none; docs/design.md, "The score
+  # branch's scale"). Cosines summed over N prompts span a band far narrower than a sigmoid's working range; CLIP
+  # multiplies its cosines by a learned logit scale for the same reason. "logits": Y = τ·U(Σ_N S*) (eq. 9);
+  # "fusion": every refined map is scaled, S*_i ← τ·S*_i, before eq. 8's sigmoids (so they gate). Learnable: log τ
+  # is a trainable parameter started at log(score_scale), τ capped at 100 as CLIP's.
+  score_scale: float = 1.0
+  score_scale_learnable: bool = False
+  score_scale_at: str = "logits"
   decoder_features: int = 32
   aspp_rates: tuple[int, ...] = (2, 4, 6)
   context_init_std: float = 0.02  # CoOp's random initialization of the contexts
@@ -75,6 +84,9 @@ class ZegOTConfig:
     check("fusion_norm", self.fusion_norm, FUSION_NORMS)
     check("dense_features", self.dense_features, DENSE_FEATURES)
     check("ga_init", self.ga_init, GA_INITS)
+    check("score_scale_at", self.score_scale_at, SCORE_SCALE_AT)
+    if not 0.0 < self.score_scale <= 100.0:
+      raise ValueError(f"ZegOTConfig.score_scale={self.score_scale}: expected a value in (0, 100]")
     layers = tuple(self.dfa_layers)
     if not layers or list(layers) != sorted(set(layers)) or layers[0] < 1:
       raise ValueError(f"ZegOTConfig.dfa_layers={layers}: expected increasing, distinct 1-based layer numbers")
@@ -156,6 +168,7 @@ class ZegOT(nn.Module):
   clip_config: CLIPConfig
   config: ZegOTConfig = ZegOTConfig()
   dtype: Any = jnp.float32  # compute dtype of CLIP, GA and the decoder; MPOT and the fusion run in float32
+  attention: str = "xla"  # CLIP's attention implementation, "xla" or "cudnn" (`attention.resolve`)
 
   def setup(self):
     c, clip_config = self.config, self.clip_config
@@ -163,7 +176,7 @@ class ZegOT(nn.Module):
     if c.dfa_layers[-1] > clip_config.vision.num_hidden_layers:
       raise ValueError(f"ZegOTConfig.dfa_layers={c.dfa_layers} reach past the CLIP image tower's "
                        f"{clip_config.vision.num_hidden_layers} layers")
-    self.clip = FrozenCLIP(clip_config, dtype=self.dtype)
+    self.clip = FrozenCLIP(clip_config, dtype=self.dtype, attention=self.attention)
     if c.prompts == "learnable":
       self.context = self.param("context", nn.initializers.normal(c.context_init_std),
                                 (c.num_prompts, c.context_length, clip_config.text.hidden_size), jnp.float32)
@@ -174,6 +187,15 @@ class ZegOT(nn.Module):
       self.match_query = nn.Dense(d, dtype=self.dtype)
       self.match_key = nn.Dense(d, dtype=self.dtype)
     self.decoder = ClassAgnosticDecoder(c.decoder_features, c.aspp_rates, dtype=self.dtype)
+    if c.score_scale_learnable:  # log τ, as CLIP learns its logit scale
+      self.log_score_scale = self.param("log_score_scale", nn.initializers.constant(np.log(c.score_scale)), (),
+                                        jnp.float32)
+
+  def score_scale(self) -> jax.Array:
+    """τ: the fixed scale, or the learned one (capped at 100)."""
+    if not self.config.score_scale_learnable:
+      return jnp.float32(self.config.score_scale)
+    return jnp.exp(jnp.minimum(self.log_score_scale, np.log(100.0)))
 
   def __call__(self, images: jax.Array, class_tokens: jax.Array) -> tuple[ZegOTOutput, dict[str, Any]]:
     """images (B, H, W, 3) uint8 or float in [0, 1]; class_tokens from `class_tokens()`."""
@@ -233,9 +255,14 @@ class ZegOT(nn.Module):
     order, and only they are upsampled to full resolution; their values are the same as without `keep` (the
     decoder's normalization still sees every class)."""
     c = self.config
+    tau = self.score_scale()
+    if c.score_scale_at == "fusion":
+      refined = tau * refined
     fused = fuse_score_maps(refined, c.fusion_norm)  # S*, eq. 8: (B, h, w, K, N)
     kept = fused.sum(-1) if keep is None else fused.sum(-1)[..., jnp.asarray(keep)]
     score_logits = upsample(kept, image_size)  # Y = U(M(S*)), eq. 9
+    if c.score_scale_at == "logits":
+      score_logits = tau * score_logits
     stack = jnp.concatenate([scores.sum(-1), fused.sum(-1)[None]], axis=0)  # (d + 1, B, h, w, K)
     decoder_logits = self.decoder(jnp.transpose(stack, (1, 4, 2, 3, 0)), image_size, keep)  # Ỹ, eq. 10
     lam = c.ensemble_lambda

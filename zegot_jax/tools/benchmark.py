@@ -3,6 +3,7 @@ r"""Where a ZegOT train or eval step spends its FLOPs, bytes, time and memory, a
   python -m zegot_jax.tools.benchmark --config configs/coco_stuff171_zs3.py                 # train step, batch 16
   python -m zegot_jax.tools.benchmark --config configs/voc12_zs3.py --mode eval
   python -m zegot_jax.tools.benchmark --config configs/voc12_zs3.py --batch 2 --dtype float32   # a CPU
+  python -m zegot_jax.tools.benchmark --config configs/coco_stuff171_zs3.py --profile       # a GPU, in minutes
 
 The CLIP is random with ViT-B/16's shapes at the config's image size: costs and times do not depend on the
 weights, Sinkhorn iteration counts do (they are printed). The K classes are the dataset's, tokenized with the
@@ -17,13 +18,20 @@ Then the whole jitted step (phase 1, and phase 2 with its teacher): time, and pe
 memory analysis (arguments + outputs + temporaries − donated) at the per-device batches --memory_batches.
 With --cost_only_iterations N nothing runs (abstract inputs, N Sinkhorn iterations assumed): FLOPs, bytes and
 memory at any batch on any machine. docs/speed.md has the results at the paper's settings.
+
+With --profile only the whole step is compiled, once (on a GPU the per-part compilations above take longer than
+the measurements): each phase runs a few times, then --repeats times under JAX's profiler, and the device time of
+every op it ran goes to the part of the model whose name scopes made it (`profile_parts`). One table per phase:
+device time per part and its share of the step, FLOPs and bytes per part counted from the compiled step's HLO
+(every execution of a loop counted), and the rooflines; then the whole step's wall time, the sum of the ops'
+times (what is left is the device idle or waiting), and XLA's cost analysis of the whole step.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+import sys
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,13 +40,13 @@ import optax
 from absl import flags
 from ml_collections import config_flags
 
-from zegot_jax import errors, from_config, selftrain, trainer
-from zegot_jax.data import augment, photometric
-from zegot_jax.data import classes as classes_lib
-from zegot_jax.models import prompts, zegot
-from zegot_jax.models.clip import CLIP, vit_b16_config
+from zegot_jax import errors, selftrain, trainer
+from zegot_jax.data import photometric
 from zegot_jax.models.losses import segmentation_loss
-from zegot_jax.tools.costs import ROOFLINES, Cost, best_time, loop_corrected, peak_memory, roofline, xla_cost
+from zegot_jax.tools import profile_parts
+from zegot_jax.tools.bench import Bench
+from zegot_jax.tools.costs import (ROOFLINES, Cost, best_time, compiled_memory, loop_corrected, peak_memory, roofline,
+                                   xla_cost)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/coco_stuff171_zs3.py",
                                           lock_config=True)
@@ -49,74 +57,12 @@ _MEMORY_BATCHES = flags.DEFINE_list("memory_batches", ["4", "16"], "per-device b
 flags.register_validator("memory_batches", lambda v: all(x.isdigit() and int(x) > 0 for x in v),
                          "expected positive integers, e.g. 4,16")
 _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "compute dtype (default: the config's)")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per part", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per part (with --profile: timed, then profiled, calls "
+                                "of the whole step per phase)", lower_bound=1)
+_PROFILE = flags.DEFINE_bool("profile", False, "compile the whole step once and attribute its device time to the "
+                             "parts from one profile, instead of jitting every part alone")
 _COST_ONLY = flags.DEFINE_integer("cost_only_iterations", None, "count FLOPs, bytes and memory without running "
                                   "anything (e.g. batch 16 on a CPU), assuming this many Sinkhorn iterations")
-
-
-@dataclasses.dataclass
-class Bench:
-  """A random ViT-B/16 ZegOT at the config's settings, its inputs, and the pieces of its train step."""
-
-  config: Any
-  batch: int
-  dtype: Any
-
-  def __post_init__(self):
-    c = self.config
-    self.spec = classes_lib.SPECS[c.dataset.split("/")[0]]
-    self.class_indices, _ = trainer.training_classes(self.spec, c.setting)
-    self.unseen = [i for i, k in enumerate(self.class_indices) if k in self.spec.unseen]
-    self.model_config = from_config.model_config(c)
-    clip_config = vit_b16_config(c.clip.image_size, eos_token_id=prompts.byte_level_tokenizer().eos_token_id)
-    self.model = zegot.ZegOT(clip_config, self.model_config, dtype=self.dtype)
-    names = [self.spec.classes[i] for i in self.class_indices]
-    self.tokens = jnp.asarray(zegot.class_tokens(prompts.byte_level_tokenizer(), names, self.model_config))
-    size = c.clip.image_size
-    rng = jax.random.key(0)
-    self.clip_params = jax.jit(CLIP(clip_config, dtype=self.dtype).init)(
-        rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
-    self.params = zegot.init_trainable(self.model, rng)
-    self.optimizer, self.lr_schedule = trainer.make_optimizer(c)
-    self.schedule = trainer.make_schedule(c)
-    self.images, self.labels = self.inputs(self.batch)
-    self.distortion = self.photometric(self.batch)
-
-  def inputs(self, batch: int) -> tuple[jax.Array, jax.Array]:
-    """Random uint8 images and labels, (B, S, S, 3) and (B, S, S): a tenth of the pixels ignored, and in the
-    transductive setting a tenth unlabelled (the unseen classes' pixels, which phase 2 pseudo-labels)."""
-    size = self.config.clip.image_size
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, len(self.class_indices), (batch, size, size)).astype(np.uint8)
-    draw = rng.random(labels.shape)
-    labels[draw < 0.1] = classes_lib.IGNORE_INDEX
-    if self.unseen:
-      labels[(draw >= 0.1) & (draw < 0.2)] = classes_lib.UNLABELLED
-    return jnp.asarray(rng.integers(0, 256, (batch, size, size, 3), np.uint8)), jnp.asarray(labels)
-
-  def photometric(self, batch: int) -> jax.Array:
-    """(B, 11) photometric distortions as the pipeline draws them, for crops without padding."""
-    rng = np.random.default_rng(1)
-    size = self.config.clip.image_size
-    return jnp.asarray(np.stack([np.concatenate([augment.draw_photometric(rng), [size, size]]) for _ in range(batch)]),
-                       jnp.float32)
-
-  def apply(self, params, clip_params, method: str, *args):
-    return self.model.apply({"params": zegot.merge_params(params, clip_params)}, *args, method=method)
-
-  def features(self, f, f_bar) -> zegot.ImageFeatures:
-    size = self.config.clip.image_size
-    return zegot.ImageFeatures(f, f_bar, (size, size))  # the image size stays static
-
-  def state(self, phase: int) -> trainer.TrainState:
-    step = 0 if phase == 1 else self.schedule.phase1_steps
-    state = jax.jit(functools.partial(trainer.initial_state, self.model, self.optimizer))(
-        jax.random.key(0), self.clip_params, self.tokens)
-    return state.replace(step=jnp.asarray(step, jnp.int32))
-
-  def train_step(self) -> Callable:
-    """(state, clip_params, tokens, images, labels, photometric) → (state, metrics): the trainer's own step."""
-    return trainer.make_train_step(self.model, self.optimizer, self.lr_schedule, self.schedule, self.unseen)
 
 
 class Row(NamedTuple):
@@ -213,35 +159,38 @@ def account(bench: Bench, mode: str, repeats: int, cost_only_iterations: int | N
 def whole_step(bench: Bench, mode: str, repeats: int) -> dict[str, float]:
   """{step: seconds} of the whole jitted step (train: phase 1, and phase 2 with its teacher when there is one);
   NaN with repeats = 0."""
-  clip, tokens, images, labels = bench.clip_params, bench.tokens, bench.images, bench.labels
   if mode == "eval":
-    fn = lambda p, c, t, im: bench.apply(p, c, "__call__", im, t)[0].logits  # noqa: E731
-    return {"eval forward": best_time(fn, bench.params, clip, tokens, images, repeats=repeats)}
+    return {"eval forward": best_time(bench.eval_forward(), *bench.eval_args(), repeats=repeats)}
   step = bench.train_step()
-  phases = (1, 2) if bench.unseen else (1,)
-  return {f"train step, phase {phase}": best_time(step, bench.state(phase), clip, tokens, images, labels,
-                                                  bench.distortion, repeats=repeats) for phase in phases}
+  return {f"train step, phase {phase}": best_time(step, *bench.train_args(phase), repeats=repeats)
+          for phase in bench.phases()}
 
 
 def step_memory(bench: Bench, mode: str, batch: int) -> int:
   """Peak bytes per device of the whole step at `batch` images (compiled, not run)."""
   images, labels = (jax.ShapeDtypeStruct((batch, *x.shape[1:]), x.dtype) for x in (bench.images, bench.labels))
   if mode == "eval":
-    return peak_memory(lambda p, c, t, im: bench.apply(p, c, "__call__", im, t)[0].logits,
-                       bench.params, bench.clip_params, bench.tokens, images)
+    return peak_memory(bench.eval_forward(), bench.params, bench.clip_params, bench.tokens, images)
   distortion = jax.ShapeDtypeStruct((batch, bench.distortion.shape[1]), jnp.float32)
   return peak_memory(bench.train_step(), bench.state(2), bench.clip_params, bench.tokens, images, labels, distortion,
                      donate=(0,))
 
 
+def describe(bench: Bench, mode: str) -> str:
+  """One line: what is measured, and where."""
+  device = jax.devices()[0]
+  c, mc = bench.config, bench.model_config
+  return (f"ZegOT {mode} step, {c.dataset} ({len(bench.class_indices)} classes, {c.setting}), batch {bench.batch} × "
+          f"{c.clip.image_size}², ViT-B/16 (random), N = {mc.n_prompts}, DFA layers {tuple(mc.dfa_layers)}, "
+          f"{jnp.dtype(bench.dtype).name}; measured on {device.device_kind} ({device.platform})")
+
+
 def format_report(bench: Bench, mode: str, rows: list[Row], whole: dict[str, float], memory: dict[int, int],
                   info: dict) -> str:
   device = jax.devices()[0]
-  c, mc = bench.config, bench.model_config
+  mc = bench.model_config
   iters = info["sinkhorn_iterations"]
-  lines = [f"ZegOT {mode} step, {c.dataset} ({len(bench.class_indices)} classes, {c.setting}), batch {bench.batch} × "
-           f"{c.clip.image_size}², ViT-B/16 (random), N = {mc.n_prompts}, DFA layers {tuple(mc.dfa_layers)}, "
-           f"{jnp.dtype(bench.dtype).name}; measured on {device.device_kind} ({device.platform})"]
+  lines = [describe(bench, mode)]
   if iters is not None:
     lines.append(f"MPOT: {info['problems']} problems, solver {mc.sinkhorn.solver}, gradient {mc.sinkhorn.gradient}; "
                  f"Sinkhorn iterations max {int(np.max(iters))}, mean {float(np.mean(iters)):.1f}")
@@ -282,13 +231,38 @@ def format_report(bench: Bench, mode: str, rows: list[Row], whole: dict[str, flo
   return "\n".join(lines)
 
 
+def print_profile(bench: Bench, mode: str, calls: int) -> None:
+  """The whole step compiled once, profiled per phase, its device time split into the parts (`profile_parts`).
+  Printed as it is measured: a run cut short keeps what it printed."""
+  if mode == "eval":
+    fn, donate, phases = bench.eval_forward(), (), {"eval forward": bench.eval_args}
+    next_args = lambda args, outputs: args  # noqa: E731
+  else:  # the trainer's step, its state donated; each call's state is the last one's (the phase holds)
+    fn, donate = bench.train_step(), (0,)
+    phases = {f"train step, phase {p}": functools.partial(bench.train_args, p) for p in bench.phases()}
+    next_args = lambda args, outputs: (outputs[0], *args[1:])  # noqa: E731
+  print(describe(bench, mode), flush=True)
+  print(f"compiling the whole {mode} step once ...", file=sys.stderr, flush=True)
+  compiled = jax.jit(fn, donate_argnums=donate).lower(*next(iter(phases.values()))()).compile()
+  print("\n".join(profile_parts.format_whole(compiled)), flush=True)
+  print(f"peak memory per device, {mode} step at batch {bench.batch}: {compiled_memory(compiled) / 2**30:.2f} GiB "
+        f"(XLA's memory analysis on {jax.devices()[0].platform})", flush=True)
+  for measured in profile_parts.profile(compiled, phases, next_args, calls):
+    print("\n".join(["", *profile_parts.format_phase(measured)]), flush=True)
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
   trainer.validate(config)
+  if _PROFILE.value and _COST_ONLY.value:
+    errors.fail("--profile runs the step and --cost_only_iterations runs nothing: give one of them")
   dtype = jnp.dtype(_DTYPE.value or config.clip.dtype)
   mode = _MODE.value
   bench = Bench(config, _BATCH.value or config.train.batch_size, dtype)
+  if _PROFILE.value:
+    print_profile(bench, mode, _REPEATS.value)
+    return
   repeats = 0 if _COST_ONLY.value else _REPEATS.value
   rows, info = account(bench, mode, repeats, _COST_ONLY.value)
   whole = whole_step(bench, mode, repeats)

@@ -33,7 +33,12 @@ class Cost(NamedTuple):
 
 def xla_cost(fn: Callable, *args) -> Cost:
   """XLA's count for one call of jitted `fn` (loop bodies once)."""
-  analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return compiled_cost(jax.jit(fn).lower(*args).compile())
+
+
+def compiled_cost(compiled: jax.stages.Compiled) -> Cost:
+  """XLA's count for one call of a compiled program (loop bodies once)."""
+  analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return Cost(float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0)))
 
@@ -54,7 +59,13 @@ def best_time(fn: Callable, *args, repeats: int) -> float:
 
 def peak_memory(fn: Callable, *args, donate: tuple[int, ...] = ()) -> int:
   """Bytes a device holds at the peak of one call, by XLA's memory analysis of the compiled function."""
-  m = jax.jit(fn, donate_argnums=donate).lower(*args).compile().memory_analysis()
+  return compiled_memory(jax.jit(fn, donate_argnums=donate).lower(*args).compile())
+
+
+def compiled_memory(compiled: jax.stages.Compiled) -> int:
+  """Bytes a device holds at the peak of one call of a compiled program (arguments + outputs + temporaries −
+  donated)."""
+  m = compiled.memory_analysis()
   return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
 
 
