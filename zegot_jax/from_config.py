@@ -95,8 +95,13 @@ def load_clip(config: ml_collections.ConfigDict, workdir: pathlib.Path,
 
 
 def build_model(config: ml_collections.ConfigDict, clip: clip_checkpoint.LoadedCLIP) -> zegot.ZegOT:
-  return zegot.ZegOT(clip.config, model_config(config), dtype=jnp.dtype(config.clip.dtype),
-                     attention=attention_for(config, clip.config))
+  """The model at the config's settings. Under clip.attention="auto" the text tower stays on XLA's attention: it is
+  the tower training differentiates (the CoOp contexts), and cuDNN's backward was not yet verified on a GPU
+  (docs/speed.md); the frozen image tower, forward only, takes cuDNN's where it can run."""
+  image = attention_for(config, clip.config)
+  text = image if config.clip.get("attention", "auto") == "cudnn" else "xla"
+  return zegot.ZegOT(clip.config, model_config(config), dtype=jnp.dtype(config.clip.dtype), attention=image,
+                     text_attention=text)
 
 
 def open_dataset(config: ml_collections.ConfigDict, name: str | None = None) -> registry.Dataset:

@@ -186,7 +186,12 @@ def test_build_model_resolves_the_setting(tmp_path, gpu, monkeypatch):
   config.clip.dtype = "bfloat16"
   gpu(HOPPER)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert from_config.build_model(config, clip).attention == "cudnn"  # both towers' head dimension, 8, fits
+  model = from_config.build_model(config, clip)
+  # Both towers' head dimension, 8, fits; under auto the differentiated text tower stays on XLA.
+  assert (model.attention, model.text_attention) == ("cudnn", "xla")
+  config.clip.attention = "cudnn"
+  model = from_config.build_model(config, clip)
+  assert (model.attention, model.text_attention) == ("cudnn", "cudnn")
   config.clip.attention = "xla"
   assert from_config.attention_for(config, clip.config) == "xla"
   config.clip.attention = "auto"

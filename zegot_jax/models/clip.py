@@ -387,12 +387,13 @@ class CLIP(nn.Module):
   config: CLIPConfig
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
-  attention: str = "xla"  # both towers' attention: "xla" or "cudnn" (`attention.resolve` of clip.attention)
+  attention: str = "xla"  # the towers' attention: "xla" or "cudnn" (`attention.resolve` of clip.attention)
+  text_attention: str | None = None  # the text tower's, when not `attention`
 
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.vision_model = VisionTransformer(c.vision, c.projection_dim, **kw, attention=self.attention)
-    self.text_model = TextTransformer(c.text, **kw, attention=self.attention)
+    self.text_model = TextTransformer(c.text, **kw, attention=self.text_attention or self.attention)
     self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, **kw)
     self.text_projection = nn.Dense(c.projection_dim, use_bias=False, **kw)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(2.6592), (), self.param_dtype)

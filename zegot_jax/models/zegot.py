@@ -169,6 +169,7 @@ class ZegOT(nn.Module):
   config: ZegOTConfig = ZegOTConfig()
   dtype: Any = jnp.float32  # compute dtype of CLIP, GA and the decoder; MPOT and the fusion run in float32
   attention: str = "xla"  # CLIP's attention implementation, "xla" or "cudnn" (`attention.resolve`)
+  text_attention: str | None = None  # the text tower's, when not `attention` (`from_config.build_model`)
 
   def setup(self):
     c, clip_config = self.config, self.clip_config
@@ -176,7 +177,8 @@ class ZegOT(nn.Module):
     if c.dfa_layers[-1] > clip_config.vision.num_hidden_layers:
       raise ValueError(f"ZegOTConfig.dfa_layers={c.dfa_layers} reach past the CLIP image tower's "
                        f"{clip_config.vision.num_hidden_layers} layers")
-    self.clip = FrozenCLIP(clip_config, dtype=self.dtype, attention=self.attention)
+    self.clip = FrozenCLIP(clip_config, dtype=self.dtype, attention=self.attention,
+                           text_attention=self.text_attention)
     if c.prompts == "learnable":
       self.context = self.param("context", nn.initializers.normal(c.context_init_std),
                                 (c.num_prompts, c.context_length, clip_config.text.hidden_size), jnp.float32)

@@ -39,7 +39,7 @@ def xla_cost(fn: Callable, *args) -> Cost:
 def compiled_cost(compiled: jax.stages.Compiled) -> Cost:
   """XLA's count for one call of a compiled program (loop bodies once)."""
   analysis = compiled.cost_analysis()
-  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  analysis = (analysis[0] if isinstance(analysis, (list, tuple)) else analysis) or {}
   return Cost(float(analysis.get("flops", 0.0)), float(analysis.get("bytes accessed", 0.0)))
 
 
