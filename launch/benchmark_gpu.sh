@@ -145,7 +145,7 @@ fi
 tool=("$python" -m)
 # cuDNN's attention against XLA's first: if it fails or disagrees, the trainer runs on XLA's (its parity is the
 # condition for clip.attention=auto taking cuDNN), and the tables say so.
-stage c parity 45 "cuDNN's attention against XLA's" \
+stage c parity 90 "cuDNN's attention against XLA's" \
   "${tool[@]}" zegot_jax.tools.attention_parity
 if ((last_rc != 0)); then
   echo "attention_parity failed: the trainer runs with --attention xla" | tee -a "$summary" "$out/train.md"

@@ -249,7 +249,6 @@ def test_attention_parity_says_there_is_no_gpu_and_exits_0():
 def test_attention_parity_compares_and_times_both_sides(monkeypatch, capsys):
   """The GPU check's own path on a CPU: a tiny CLIP, and "cudnn" computed by XLA (so only the text padding's form
   differs between the sides): every row is there and agrees."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
   from zegot_jax.tools import attention_parity  # pylint: disable=g-import-not-at-top
 
   monkeypatch.setattr(attention, "why_not_cudnn", lambda *args, **kwargs: None)
@@ -258,11 +257,7 @@ def test_attention_parity_compares_and_times_both_sides(monkeypatch, capsys):
   monkeypatch.setattr(attention_parity, "MIDDLE_LAYER", 1)
   xla = jax.nn.dot_product_attention
   monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, implementation=None, **k: xla(*a, **k))
-  flags.FLAGS(["attention_parity", "--image_size=64", "--batch=2", "--texts=3", "--calls=1"])
-  try:
-    attention_parity.main([])
-  finally:
-    flags.FLAGS.unparse_flags()
+  attention_parity.compare(image_size=64, batch=2, texts=3, calls=1)
   rows = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in capsys.readouterr().out.splitlines()
           if line.startswith("| ") and not line.startswith("| output") and not line.startswith("| call")}
   errors = {what: float(cells[0]) for what, cells in rows.items() if "tower" not in what}

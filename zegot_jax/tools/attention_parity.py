@@ -15,6 +15,7 @@ compilations in all; well under a minute on an H200. Without an NVIDIA GPU it sa
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import jax
@@ -28,10 +29,6 @@ from zegot_jax.models.clip import CLIP, vit_b16_config
 from zegot_jax.models.clip_reference import BFLOAT16_TOLERANCE
 from zegot_jax.tools.benchmark_clip import median_times
 
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 512, "square input size of the image tower", lower_bound=16)
-_BATCH = flags.DEFINE_integer("batch", 4, "images per call", lower_bound=1)
-_TEXTS = flags.DEFINE_integer("texts", 80, "padded prompts per call (e.g. 20 classes × 4 prompts)", lower_bound=1)
-_CALLS = flags.DEFINE_integer("calls", 5, "timed calls per side", lower_bound=1)
 
 MIDDLE_LAYER = 6
 LENGTH = 77  # CLIP's text length; odd, so the backward pass meets an odd sequence length too
@@ -59,19 +56,33 @@ def padded_ids(rng: np.random.Generator, count: int, shortest: int, longest: int
   return ids.astype(np.int32), mask
 
 
-def main(argv):
+def define_flags() -> dict:
+  """The flags, defined only when run as a program (other tools define --batch too; tests import them all)."""
+  return dict(
+      image_size=flags.DEFINE_integer("image_size", 512, "square input size of the image tower", lower_bound=16),
+      batch=flags.DEFINE_integer("batch", 4, "images per call", lower_bound=1),
+      texts=flags.DEFINE_integer("texts", 80, "padded prompts per call (e.g. 20 classes × 4 prompts)", lower_bound=1),
+      calls=flags.DEFINE_integer("calls", 5, "timed calls per side", lower_bound=1))
+
+
+def main(argv, f: dict):
   del argv
+  compare(**{name: flag.value for name, flag in f.items()})
+
+
+def compare(image_size: int = 512, batch: int = 4, texts: int = 80, calls: int = 5) -> None:
+  """Prints the tables above; exits 1 when a side fails or an error is above its tolerance."""
   dtype = jnp.bfloat16
-  config = vit_b16_config(_IMAGE_SIZE.value)
+  config = vit_b16_config(image_size)
   why = attention.why_not_cudnn(dtype, head_dim=config.vision.head_dim)  # both towers' head dimension is 64
   if why is not None:
     print(f"attention_parity: nothing to compare on this machine ({jax.devices()[0].device_kind}): cuDNN's fused "
           f"attention cannot run here: {why}")
     return
-  size, batch, eos = _IMAGE_SIZE.value, _BATCH.value, config.text.eos_token_id
+  size, eos = image_size, config.text.eos_token_id
   rng = np.random.default_rng(0)
   pixels = jnp.asarray(rng.standard_normal((batch, size, size, 3)), jnp.float32)
-  ids, mask = map(jnp.asarray, padded_ids(rng, _TEXTS.value, 8, 40, eos))
+  ids, mask = map(jnp.asarray, padded_ids(rng, texts, 8, 40, eos))
   coop = jnp.asarray(padded_ids(rng, CLASSES, CONTEXT_LENGTH + 4, CONTEXT_LENGTH + 12, eos)[0])
   context = jnp.asarray(0.02 * rng.standard_normal((PROMPTS, CONTEXT_LENGTH, config.text.hidden_size)), jnp.float32)
   weights = jnp.asarray(rng.standard_normal((CLASSES, PROMPTS, config.projection_dim)), jnp.float32)
@@ -97,10 +108,11 @@ def main(argv):
   sides = {name: functions(name) for name in ("xla", "cudnn")}
   outputs, times, failed = {}, {}, []
   for part in ("image tower", "text tower"):
-    calls = {name: (lambda f=fns[part]: jax.block_until_ready(f(params))) for name, fns in sides.items()}
+    timed = {name: (lambda f=fns[part]: jax.block_until_ready(f(params))) for name, fns in sides.items()}
     try:
-      times[part] = median_times(calls, _CALLS.value)
-      outputs[part] = {name: call() for name, call in calls.items()}
+      times[part] = median_times(timed, calls)
+      outputs[part] = {name: call() for name, call in timed.items()}
+      print(f"{part}: compiled and timed on both sides", flush=True)  # progress, should the run be cut short
     except Exception as e:  # pylint: disable=broad-except  (a side cuDNN refuses: reported, the rest still runs)
       failed.append(f"{part}: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}")
 
@@ -111,7 +123,7 @@ def main(argv):
              (f"dense features of layer {MIDDLE_LAYER}", relative_errors(cudnn_dense, xla_dense), BFLOAT16_TOLERANCE)]
   if "text tower" in outputs:
     (xla_text, xla_grad), (cudnn_text, cudnn_grad) = (outputs["text tower"][k] for k in ("xla", "cudnn"))
-    rows += [(f"text embeddings, {_TEXTS.value} prompts padded to {LENGTH}", relative_errors(cudnn_text, xla_text),
+    rows += [(f"text embeddings, {texts} prompts padded to {LENGTH}", relative_errors(cudnn_text, xla_text),
               BFLOAT16_TOLERANCE),
              (f"gradient of {PROMPTS} CoOp contexts, {CLASSES} classes × {LENGTH} tokens",
               relative_errors(cudnn_grad, xla_grad), GRADIENT_TOLERANCE)]
@@ -124,11 +136,11 @@ def main(argv):
   for what, (error, worst), tolerance in rows:
     print(f"| {what} | {error:.1e} | {worst:.1e} | {tolerance:.0e} |")
   print()
-  print(f"| call (median of {_CALLS.value}) | XLA (ms) | cuDNN (ms) | cuDNN faster by |")
+  print(f"| call (median of {calls}) | XLA (ms) | cuDNN (ms) | cuDNN faster by |")
   print("|---|---|---|---|")
   for part, t in times.items():
     what = (f"{part}: {batch} × {size}²" if part == "image tower" else
-            f"{part}: {_TEXTS.value} padded prompts + the CoOp gradient")
+            f"{part}: {texts} padded prompts + the CoOp gradient")
     print(f"| {what} | {1e3 * t['xla']:.2f} | {1e3 * t['cudnn']:.2f} | {t['xla'] / t['cudnn']:.2f}× |")
   failed += [f"{what}: relative error {error:.1e} above {tolerance:.0e}" for what, (error, _), tolerance in rows
              if not error <= tolerance]
@@ -139,4 +151,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  errors.run(functools.partial(main, f=define_flags()))
