@@ -245,14 +245,9 @@ def read_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DamagedFileError(f"{path} is damaged ({e}); pass the run's config file with --config instead") from e
   for key, value in ADDED_ENTRIES.items():  # a run older than an entry behaved as its value, not today's default
-    *path_to, last = key.split(".")
-    node = config
-    for part in path_to:
-      node = node[part] if part in node else None
-      if node is None:
-        break
-    if node is not None and last not in node:
-      node[last] = value
+    section, field = key.split(".")  # every added entry is section.field
+    if section in config and field not in config[section]:
+      config[section][field] = value
   return config
 
 

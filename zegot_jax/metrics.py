@@ -164,15 +164,19 @@ def predict_labels(logits: jax.Array, seen_mask: jax.Array | None = None, seen_b
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+def auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray | float:
   """Area under the ROC curve of `scores` ranking the `positive` entries above the others: the probability that a
   random positive scores above a random negative, ties counting one half (Mann-Whitney U / (P·N), from average
-  ranks). NaN when either side is empty."""
+  ranks). NaN when either side is empty. Ranked along the first axis: scores (n, ...) and positive (n, ...), or
+  broadcastable to it, give one AUROC per column (...)."""
   import scipy.stats  # pylint: disable=g-import-not-at-top
 
-  scores, positive = np.ravel(scores), np.ravel(positive).astype(bool)
-  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-  if n_pos == 0 or n_neg == 0:
-    return math.nan
-  ranks = scipy.stats.rankdata(scores)  # 1-based, ties averaged
-  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+  scores = np.asarray(scores)
+  positive = np.broadcast_to(np.asarray(positive, bool), scores.shape)
+  n_pos = positive.sum(0)
+  n_neg = positive.shape[0] - n_pos
+  ranks = scipy.stats.rankdata(scores, axis=0)  # 1-based, ties averaged
+  with np.errstate(invalid="ignore", divide="ignore"):
+    area = ((ranks * positive).sum(0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+  area = np.where((n_pos == 0) | (n_neg == 0), np.nan, area)
+  return float(area) if area.ndim == 0 else area

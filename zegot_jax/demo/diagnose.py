@@ -89,12 +89,13 @@ def diagnose(config, workdir, step: int | None = None, split: str | None = None,
   pixels = confusion.sum(1)
   maps, labels = np.concatenate(all_maps), np.concatenate(all_labels)
   labelled = labels < k
-  auroc = [[metrics.auroc(maps[..., c, i][labelled], labels[labelled] == c) for i in range(maps.shape[-1])]
-           for c in range(k)]  # (K, N)
+  truth = labels[labelled]  # (P,) over the labelled pixels of the split
+  auroc = metrics.auroc(maps[labelled], (truth[:, None] == np.arange(k))[..., None]).tolist()  # (K, N)
   prompt_auroc = dict(classes=list(spec.classes), seen=seen, unseen=unseen, auroc=auroc,
                       mean_seen=float(np.mean([auroc[c] for c in seen])),
                       mean_unseen=float(np.mean([auroc[c] for c in unseen])))
-  return dict(prompt_auroc=prompt_auroc, step=run.step, split=split, unseen=[spec.classes[c] for c in unseen], branches=branches,
+  return dict(step=run.step, split=split, unseen=[spec.classes[c] for c in unseen], branches=branches,
+              prompt_auroc=prompt_auroc,
               teacher=dict(confusion=confusion.tolist(), accuracy=float(np.mean(np.diag(confusion) / pixels)),
                            share=(confusion.sum(0) / confusion.sum()).tolist()),
               to_unseen=(to_unseen / pixels).tolist())

@@ -262,9 +262,9 @@ class ZegOT(nn.Module):
       refined = tau * refined
     fused = fuse_score_maps(refined, c.fusion_norm)  # S*, eq. 8: (B, h, w, K, N)
     kept = fused.sum(-1) if keep is None else fused.sum(-1)[..., jnp.asarray(keep)]
+    if c.score_scale_at == "logits":  # τ·U(x) = U(τ·x): scaled on the patch grid, before upsampling
+      kept = tau * kept
     score_logits = upsample(kept, image_size)  # Y = U(M(S*)), eq. 9
-    if c.score_scale_at == "logits":
-      score_logits = tau * score_logits
     stack = jnp.concatenate([scores.sum(-1), fused.sum(-1)[None]], axis=0)  # (d + 1, B, h, w, K)
     decoder_logits = self.decoder(jnp.transpose(stack, (1, 4, 2, 3, 0)), image_size, keep)  # Ỹ, eq. 10
     lam = c.ensemble_lambda

@@ -229,12 +229,13 @@ def prepare_data(s: Settings, root: pathlib.Path) -> tuple[registry.Dataset, str
 
 
 def random_clip(kind: str, directory: pathlib.Path, seed: int = 0) -> pathlib.Path:
-  """A random CLIP checkpoint with ViT-B/16's shapes (or the tiny CLIP's) in transformers' format, with the
-  byte-level tokenizer: layer norms at 1, biases at 0, CLIP's initial logit scale, every other weight
-  N(0, 0.02²). Drawn on the host: nothing is compiled."""
+  """A random CLIP checkpoint with ViT-B/16's shapes (or the tiny CLIP that smoke runs use, `tiny_clip`) in
+  transformers' format, with the byte-level tokenizer. ViT-B/16: layer norms at 1, biases at 0, CLIP's initial
+  logit scale, every other weight N(0, 0.02²), drawn on the host (nothing is compiled)."""
+  if kind == tiny_clip.RANDOM_TINY:
+    return tiny_clip.make_random_clip(directory, seed)
   tokenizer = prompts.byte_level_tokenizer()
-  config = (tiny_clip.tiny_config() if kind == tiny_clip.RANDOM_TINY
-            else vit_b16_config(224, eos_token_id=tokenizer.eos_token_id))
+  config = vit_b16_config(224, eos_token_id=tokenizer.eos_token_id)
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):
