@@ -180,3 +180,17 @@ def test_auroc_equals_the_pairwise_definition():
   assert metrics.auroc(np.arange(10.0), np.arange(10) >= 6) == 1.0
   assert metrics.auroc(-np.arange(10.0), np.arange(10) >= 6) == 0.0
   assert np.isnan(metrics.auroc(np.arange(3.0), np.zeros(3, bool)))
+
+
+def test_auroc_along_the_first_axis_is_one_per_column():
+  """axis=0 ranks every column at once (diagnose's classes × prompts) and equals ranking each column alone; axis
+  None ranks every entry of a map, as its flattened form."""
+  rng = np.random.default_rng(6)
+  scores, labels = rng.normal(size=(400, 3, 2)), rng.integers(0, 3, 400)
+  columns = metrics.auroc(scores, (labels[:, None] == np.arange(3))[..., None], axis=0)
+  assert columns.shape == (3, 2)
+  for c in range(3):
+    for n in range(2):
+      assert columns[c, n] == pytest.approx(metrics.auroc(scores[:, c, n], labels == c), abs=1e-12)
+  image, positive = rng.normal(size=(4, 5, 6)), rng.random((4, 5, 6)) < 0.3
+  assert metrics.auroc(image, positive) == metrics.auroc(image.ravel(), positive.ravel())

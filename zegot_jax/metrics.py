@@ -164,15 +164,19 @@ def predict_labels(logits: jax.Array, seen_mask: jax.Array | None = None, seen_b
   return jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
-def auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray | float:
+def auroc(scores: np.ndarray, positive: np.ndarray, axis: int | None = None) -> np.ndarray | float:
   """Area under the ROC curve of `scores` ranking the `positive` entries above the others: the probability that a
   random positive scores above a random negative, ties counting one half (Mann-Whitney U / (P·N), from average
-  ranks). NaN when either side is empty. Ranked along the first axis: scores (n, ...) and positive (n, ...), or
-  broadcastable to it, give one AUROC per column (...)."""
+  ranks). NaN when either side is empty. axis None: over every entry; axis=0: one AUROC per column of scores
+  (n, ...), with `positive` broadcastable to their shape."""
   import scipy.stats  # pylint: disable=g-import-not-at-top
 
   scores = np.asarray(scores)
   positive = np.broadcast_to(np.asarray(positive, bool), scores.shape)
+  if axis is None:
+    scores, positive = scores.ravel(), positive.ravel()
+  elif axis != 0:
+    raise ValueError(f"auroc: axis={axis}; expected None or 0")
   n_pos = positive.sum(0)
   n_neg = positive.shape[0] - n_pos
   ranks = scipy.stats.rankdata(scores, axis=0)  # 1-based, ties averaged

@@ -90,7 +90,7 @@ def diagnose(config, workdir, step: int | None = None, split: str | None = None,
   maps, labels = np.concatenate(all_maps), np.concatenate(all_labels)
   labelled = labels < k
   truth = labels[labelled]  # (P,) over the labelled pixels of the split
-  auroc = metrics.auroc(maps[labelled], (truth[:, None] == np.arange(k))[..., None]).tolist()  # (K, N)
+  auroc = metrics.auroc(maps[labelled], (truth[:, None] == np.arange(k))[..., None], axis=0).tolist()  # (K, N)
   prompt_auroc = dict(classes=list(spec.classes), seen=seen, unseen=unseen, auroc=auroc,
                       mean_seen=float(np.mean([auroc[c] for c in seen])),
                       mean_unseen=float(np.mean([auroc[c] for c in unseen])))
