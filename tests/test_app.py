@@ -10,13 +10,16 @@ import pathlib
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from zegot_jax import checkpoints, prediction
+from zegot_jax import checkpoints, errors, prediction
 from zegot_jax.app import browser
+from zegot_jax.app import session as session_lib
 from zegot_jax.data import registry, textures
 from zegot_jax.pictures import class_maps_row
 
@@ -167,6 +170,59 @@ def test_bad_inputs_show_a_message_and_the_app_keeps_serving(page, images):
   assert page.image("overlay").shape[1] >= 72
 
 
+@needs_browser
+def test_class_names_in_the_status_line_are_text_never_html(page, images):
+  """A repeated name holding HTML: the status line shows its characters; no element is made of it (an <img> would
+  be inserted, a <style> would swallow the text)."""
+  page.upload(images / "scene.png")
+  name = "<img src=x id=injected>*b*_c_ <style>#status{display:none}</style>"
+  page.set_classes(f"{name}, dots, {name}")
+  message = page.segment()
+  assert message == f"error: class names: class names repeat (case-insensitively): [{name!r}]; type each name once, " \
+                    "separated by commas, e.g. 'zigzag, dots, plain'"
+  assert page.driver.find_elements("css selector", "#status img, #status style, #status em, #injected") == []
+  assert page.driver.find_element("id", "status").is_displayed()
+
+
+@needs_browser  # needs gradio and a run; ordered with the app's tests
+def test_the_server_refuses_an_upload_over_its_limit_with_a_message(page, tmp_path):
+  """The server itself (not only the page) refuses a file over MAX_UPLOAD_MB: 413 and a message, before the file
+  is kept; a small one is taken."""
+  def upload(size):
+    boundary = "zegotboundary"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{page.url}/gradio_api/upload", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    try:
+      with urllib.request.urlopen(request, timeout=60) as response:
+        return response.status, response.read().decode()
+    except urllib.error.HTTPError as e:
+      return e.code, e.read().decode()
+
+  code, text = upload(session_lib.MAX_UPLOAD_MB * 2**20 + 1)
+  assert code == 413 and "maximum allowed size" in text, (code, text)
+  code, _ = upload(1000)
+  assert code == 200
+
+
+def test_class_names_split_on_commas_and_new_lines_and_are_bounded():
+  assert session_lib.parse_class_names("zigzag, dots\nstripes\n\n bricks ,plain") == ["zigzag", "dots", "stripes",
+                                                                                      "bricks", "plain"]
+  with pytest.raises(session_lib.InputError, match=rf"65 class names: the app takes at most 64 per request"):
+    session_lib.parse_class_names(",".join(f"c{k}" for k in range(65)))
+  assert len(session_lib.parse_class_names(",".join(f"c{k}" for k in range(64)))) == session_lib.MAX_CLASSES == 64
+
+
+def test_an_image_over_the_apps_pixel_limit_is_refused_before_decoding(tmp_path, monkeypatch):
+  Image.fromarray(np.zeros((100, 120, 3), np.uint8)).save(tmp_path / "wide.png")
+  monkeypatch.setattr(session_lib, "MAX_PIXELS", 10_000)
+  session = session_lib.Session.__new__(session_lib.Session)  # read() needs no model
+  session.max_side = 1024
+  with pytest.raises(errors.UserError, match=r"wide\.png: 120×100 = 12,000 pixels, over the limit of 10,000 pixels"):
+    session.read(tmp_path / "wide.png")
+
+
 def test_the_cli_reports_mistakes_in_one_line(tmp_path):
   def cli(*args):
     done = subprocess.run([sys.executable, "-m", "zegot_jax.app", *args], cwd=ROOT, capture_output=True, text=True,
@@ -175,6 +231,9 @@ def test_the_cli_reports_mistakes_in_one_line(tmp_path):
     return done.stderr.strip()
 
   assert cli("--workdir", str(tmp_path), "--port", "0") == "error: --port=0: expected a port number in 1-65535"
+  assert cli("--workdir", str(tmp_path), "--host", "192.0.2.1") == (  # TEST-NET-1: no machine has it
+      "error: --host=192.0.2.1: not an address of this machine; use 127.0.0.1 (this machine only) or 0.0.0.0 (every "
+      "interface)")
   assert cli("--workdir", str(tmp_path)) == (f"error: {tmp_path / 'config.json'} does not exist: --workdir must be a "
                                              f"training run's directory (or pass --config)")
 

@@ -50,6 +50,8 @@ TRAIN_MISTAKES = [
                                              "['default', 'tiny']"),
     (["run2"], "error: unexpected argument(s) 'run2': every option is a flag (--name=value); quote values that "
                "contain spaces"),
+    (["--config.mesh.fsdp=3"], "error: config mesh.fsdp=3 does not divide the 1 device(s) here; set "
+                               "--config.mesh.fsdp to one of [1]"),
 ]
 
 
@@ -63,8 +65,8 @@ def test_train_mistakes_are_one_line(extra, expected, data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("config,expected", [
-    ("configs/nope.py", "error: --config=configs/nope.py: the config file configs/nope.py does not exist or cannot "
-                        "be read; run from the repository root or give the file's path"),
+    ("configs/nope.py", "error: config file configs/nope.py does not exist; give a config file's path, e.g. "
+                        "--config=configs/voc12_zs3.py (run from the repository root)"),
     ("configs/textures_zs3.py:runlocal=yes", "error: --config=configs/textures_zs3.py:runlocal=yes: config argument "
                                              "runlocal='yes': expected True or False"),
     ("configs/textures_zs3.py:num_prompts=4", "error: --config=configs/textures_zs3.py:num_prompts=4: config "
@@ -74,6 +76,21 @@ def test_train_mistakes_are_one_line(extra, expected, data_dir, tmp_path):
 ])
 def test_config_file_mistakes_are_one_line(config, expected, tmp_path):
   assert _one_line_error(_cli("zegot_jax.train", "--config", config, "--workdir", str(tmp_path / "w"))) == expected
+
+
+@pytest.mark.parametrize("body,expected", [
+    ("def get_config(arg=None):\n  config = 1\n", "get_config returned NoneType, expected an ml_collections.ConfigDict; "
+                                                  "end get_config with `return config`"),
+    ("x = 1\n", "defines no get_config(arg=None) function; a config file defines one that returns an "
+                "ml_collections.ConfigDict (see configs/voc12_zs3.py)"),
+    ("import not_a_module\n", "fails to load (ModuleNotFoundError: No module named 'not_a_module'); fix the file"),
+], ids=["returns_none", "no_get_config", "missing_import"])
+def test_a_config_file_that_gives_no_config_is_named(body, expected, tmp_path):
+  path = tmp_path / "mine.py"
+  path.write_text(body)
+  for program in ("zegot_jax.train", "zegot_jax.evaluate"):
+    done = _cli(program, "--config", str(path), "--workdir", str(tmp_path / "w"))
+    assert _one_line_error(done) == f"error: config file {path}{':' if body.startswith('def') else ''} {expected}"
 
 
 def test_show_traceback_shows_it(tmp_path):
@@ -116,6 +133,14 @@ def test_evaluate_checks_the_setting_records_it_and_names_its_result(run, data_d
   assert result["settings"] == dict(setting="transductive", seen_bias=0.1, max_examples=3, crop_size=64, stride=64,
                                     eval_short_side=64)
   assert (result["step"], result["dataset"], result["split"], result["examples"]) == (2, "textures_zs3", "validation", 3)
+
+
+def test_evaluate_refuses_a_folder_as_its_output_before_evaluating(run, data_dir, tmp_path):
+  done = _cli("zegot_jax.evaluate", "--config", RUNLOCAL, f"--config.data_dir={data_dir}", "--workdir", str(run),
+              "--out", str(tmp_path))
+  assert _one_line_error(done) == (f"error: --out={tmp_path} is a folder; give the result file's path, e.g. "
+                                   f"--out={tmp_path / 'result.json'}")
+  assert list(tmp_path.iterdir()) == []
 
 
 def test_evaluate_refuses_an_unwritable_output_before_evaluating(run, data_dir, tmp_path):

@@ -1,6 +1,8 @@
 """Single-image prediction with any class list, from a trained run."""
 
+import errno
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -189,3 +191,96 @@ def test_a_class_name_too_long_for_the_text_tower_is_named_and_changes_nothing(r
   np.testing.assert_array_equal(np.asarray(predictor.logits(image, ["star", "ring"])), before)
   with pytest.raises(errors.ConfigError, match=r"^--classes: prompts longer than the text tower's 77 tokens"):
     prediction.predict(run, image_path, ["ring", too_long])
+
+
+def _segmentation(best, confidence=None, names=None):
+  """A Segmentation of a grey image with the given class indices (no model): write_outputs alone."""
+  best = np.asarray(best, np.int32)
+  names = names or [f"class{k}" for k in range(int(best.max()) + 1)]
+  confidence = np.ones(best.shape, np.float32) if confidence is None else confidence
+  return prediction.Segmentation(np.zeros((*best.shape, 3), np.uint8), names, None, best, confidence)
+
+
+@pytest.mark.parametrize("num_classes,dtype,none", [(255, np.uint8, 255), (256, np.uint16, 65535),
+                                                    (500, np.uint16, 65535)])
+def test_labels_hold_every_class_index_whatever_the_class_count(num_classes, dtype, none, tmp_path):
+  """labels.png holds class num_classes - 1 as itself (256 classes: class 255 is not "unassigned"), in 8 bits up to
+  255 classes and 16 bits above; the summary's shares count every class."""
+  best = np.arange(num_classes * 2).reshape(2, num_classes) % num_classes  # every class twice
+  confidence = np.ones(best.shape, np.float32)
+  confidence[0, 0] = 0.1  # one pixel below the threshold
+  summary = prediction.write_outputs(_segmentation(best, confidence), tmp_path, threshold=0.5)
+  labels = np.asarray(Image.open(tmp_path / "labels.png"))
+  assert labels.dtype == dtype
+  expected = best.copy()
+  expected[0, 0] = none
+  np.testing.assert_array_equal(labels, expected)
+  assert summary["coverage"][f"class{num_classes - 1}"] == pytest.approx(2 / best.size)
+  assert summary["coverage"]["class0"] == pytest.approx(1 / best.size) and summary["unassigned"] == 1 / best.size
+  mask = np.asarray(Image.open(tmp_path / summary["masks"][-1]))
+  np.testing.assert_array_equal(mask == 255, best == num_classes - 1)
+
+
+def test_300_classes_label_every_pixel_with_its_logits_argmax(run, image_path, tmp_path):
+  names = [f"class{k}" for k in range(300)]
+  predictor = prediction.Predictor(run)
+  expected = np.argmax(np.asarray(predictor.logits(prediction.read_image(image_path), names)), axis=-1)
+  prediction.predict(run, image_path, names, out=tmp_path)
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "labels.png")), expected)
+
+
+def _contents(folder):
+  return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_an_output_folder_with_the_users_files_is_refused_and_left_as_it_was(tmp_path):
+  users = tmp_path / "mine"
+  users.mkdir()
+  for name, data in (("labels.png", b"my labels"), ("summary.json", b'{"mine": 1}'), ("mask_of_my_cat.png", b"cat")):
+    (users / name).write_bytes(data)
+  before = _contents(users)
+  with pytest.raises(errors.ConfigError, match=rf"--out={users} holds files that predict did not write "
+                                               r"\(labels\.png, mask_of_my_cat\.png, summary\.json\); give a new"):
+    prediction.write_outputs(_segmentation(np.zeros((4, 4))), users)
+  assert _contents(users) == before
+  (tmp_path / "a_file").write_text("x")
+  with pytest.raises(errors.ConfigError, match=r"a_file is a file; give a folder"):
+    prediction.write_outputs(_segmentation(np.zeros((4, 4))), tmp_path / "a_file")
+
+
+def test_a_rerun_replaces_only_predicts_own_files(tmp_path):
+  """In a folder predict wrote, a rerun with another class list removes the old masks, and a file the user put
+  there since stays."""
+  out = tmp_path / "out"
+  prediction.write_outputs(_segmentation(np.arange(6).reshape(2, 3)), out)
+  (out / "my_notes.txt").write_text("keep me")
+  prediction.write_outputs(_segmentation(np.zeros((2, 3)), names=["sky"]), out)
+  assert sorted(p.name for p in out.iterdir()) == ["labels.png", "mask_000_sky.png", "my_notes.txt", "overlay.png",
+                                                   "summary.json"]
+
+
+def test_a_full_disk_while_writing_is_one_line(tmp_path, monkeypatch):
+  def full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(Image.Image, "save", full)
+  with pytest.raises(errors.StorageError, match=r"--out=.*: could not write the outputs: No space left on device; "
+                                                r"free space on that disk or write elsewhere"):
+    prediction.write_outputs(_segmentation(np.zeros((2, 3))), tmp_path / "out")
+
+
+def test_paths_that_are_not_image_files_are_named_as_what_they_are(run, tmp_path):
+  with pytest.raises(errors.MissingFileError, match=rf"image {tmp_path} is a folder, not an image file"):
+    prediction.read_image(tmp_path)
+  fifo = tmp_path / "pipe"
+  os.mkfifo(fifo)
+  with pytest.raises(errors.MissingFileError, match=r"pipe is not a regular file \(a pipe, socket or device\)"):
+    prediction.read_image(fifo)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_decoding_naming_the_limit(image_path, monkeypatch):
+  with pytest.raises(errors.UserError, match=r"scene\.png: 72×80 = 5,760 pixels, over the limit of 1,000 pixels"):
+    prediction.read_image(image_path, max_pixels=1000)
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own guard refuses at open (over twice its limit)
+  with pytest.raises(errors.UserError, match=r"scene\.png: 5,760 pixels, over the limit of 2,000 pixels"):
+    prediction.read_image(image_path)

@@ -12,7 +12,6 @@ Reading a run (`load_run`, `read_run_config`) never creates anything in its work
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
@@ -28,7 +27,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from zegot_jax import from_config
+from zegot_jax import errors, from_config
 from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError, UserError
 from zegot_jax.models import prompts, zegot
 
@@ -97,29 +96,15 @@ def _require_run(workdir: pathlib.Path) -> None:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: dict, data_state: Any, meta: dict) -> None:
-  """Saves checkpoint `step`; a failed write (a full disk) is one error naming the checkpoints still intact."""
-  try:
+  """Saves checkpoint `step`; a failed write (a full disk, as an OSError or as tensorstore's ValueError) is one
+  error naming the checkpoints still intact."""
+  intact = [s for s in _step_dirs(pathlib.Path(mngr.directory)) if s != step]
+  advice = (f"the checkpoints saved before it are intact: {intact or 'none'}. Free space (or fix the directory), then "
+            f"rerun the same command: it resumes from {intact[-1] if intact else 'the start'}")
+  with errors.storage(f"could not save checkpoint {step} in {mngr.directory}", advice):
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)),
               force=True)
-  except Exception as e:  # orbax may wrap the OSError
-    cause = _os_error(e)
-    if cause is None:
-      raise
-    intact = [s for s in _step_dirs(pathlib.Path(mngr.directory)) if s != step]
-    full = " (the disk is full)" if cause.errno == errno.ENOSPC else ""
-    raise UserError(f"could not save checkpoint {step} in {mngr.directory}{full}: {cause.strerror or cause}; the "
-                    f"checkpoints saved before it are intact: {intact or 'none'}. Free space (or fix the "
-                    f"directory), then rerun the same command: it resumes from "
-                    f"{intact[-1] if intact else 'the start'}") from e
-
-
-def _os_error(error: BaseException) -> OSError | None:
-  while error is not None:
-    if isinstance(error, OSError):
-      return error
-    error = error.__cause__ or error.__context__
-  return None
 
 
 def _step_dirs(directory: pathlib.Path) -> list[int]:
@@ -154,7 +139,8 @@ class WorkdirLock:
     self.file = None
 
   def __enter__(self) -> "WorkdirLock":
-    self.file = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+    with errors.storage(f"--workdir={self.path.parent}: cannot write the run's lock file"):
+      self.file = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
     try:
       fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -178,17 +164,16 @@ class WorkdirLock:
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: Any, *, config: ml_collections.ConfigDict, where: str,
             check: tuple[str, ...] = ("",), partial: bool = False, data: bool = False,
-            allowed: tuple[str, ...] = ()) -> tuple[Any, Any]:
+            allowed: tuple[str, ...] = (), data_fingerprint: dict | None = None) -> tuple[Any, Any]:
   """(state, data state or None) of checkpoint `step`, after checking its config entries that start with one of
-  `check` against `config`. `target`: the abstract state (jax.ShapeDtypeStruct leaves with their shardings);
+  `check` against `config` (and, given `data_fingerprint`, that it was trained on that build of the data). `target`: the abstract state (jax.ShapeDtypeStruct leaves with their shardings);
   `partial`: `target` is a part of the saved state (e.g. {"params": ...} for inference); `data`: also restore
   the input iterator's state; `allowed`: entries that may differ (RESTART_CHANGES on an explicit restart). A
   checkpoint that cannot be read is a DamagedFileError naming the others."""
-  try:
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-  except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for damaged files)
-    raise _damaged(mngr, step, e) from e
+  meta = read_meta(mngr, step, training=data)
   check_matches(meta["config"], config, where, prefixes=check, allowed=allowed)
+  if data_fingerprint is not None:
+    check_same_data(meta, data_fingerprint, config, where)
   if partial:
     state_args = ocp.args.PyTreeRestore(item=target, partial_restore=True, restore_args=jax.tree_util.tree_map(
         lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding), target))
@@ -198,15 +183,79 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any, *, config: ml_c
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # pylint: disable=broad-except
-    raise _damaged(mngr, step, e) from e
+    raise _damaged(mngr, step, e, training=data) from e
   return restored["state"], restored["data"] if data else None
 
 
-def _damaged(mngr: ocp.CheckpointManager, step: int, error: Exception) -> DamagedFileError:
+def read_meta(mngr: ocp.CheckpointManager, step: int, training: bool = True) -> dict:
+  """The `meta` item of checkpoint `step` (config entries, classes, CLIP path, data fingerprint, health);
+  `training` picks the advice of a damaged one (--restart_from, else --step)."""
+  try:
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+      raise ValueError("its meta item holds no config entries (edited by hand?)")
+    return meta
+  except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for damaged files)
+    raise _damaged(mngr, step, e, training) from e
+
+
+def check_same_data(meta: dict, fingerprint: dict, config: ml_collections.ConfigDict, where: str) -> None:
+  """ConfigError when the checkpoint was trained on another build of the dataset than `fingerprint`'s (a
+  checkpoint written before fingerprints were kept is not checked)."""
+  saved = meta.get("data")
+  if saved is None or saved == fingerprint:
+    return
+  raise ConfigError(
+      f"the run in {where} was trained on another build of {config.dataset}: its {saved['split']} split had "
+      f"{saved['examples']} records (fingerprint {saved['sha256'][:12]}, in {meta.get('data_dir', '?')}); the one "
+      f"in data_dir={config.data_dir} has {fingerprint['examples']} (fingerprint {fingerprint['sha256'][:12]}). "
+      f"Resume on the data it started on (--config.data_dir=...), or start a new run in another --workdir")
+
+
+# A checkpoint is offered as a restart point when its parameters are at most this many times as large (max |θ|) as
+# at initialization: a run that diverges leaves finite but blown-up parameters from which no learning rate recovers
+# (the smoke run: 2.04 at the start and after 3 steps at lr 2e-4; 7.8e29 after one more step at lr 1e30).
+HEALTHY_GROWTH = 1000.0
+
+
+def health(meta: dict) -> tuple[bool | None, str]:
+  """(healthy, how): whether a checkpoint's parameters stayed within HEALTHY_GROWTH of their initial size (None:
+  not recorded, a checkpoint older than the record), and the numbers."""
+  record = meta.get("health") or {}
+  now, start = record.get("params_max_abs"), record.get("initial_params_max_abs")
+  if now is None or not start:
+    return None, "health not recorded"
+  return now <= HEALTHY_GROWTH * start, f"max |θ| {now:.3g}, {now / start:.3g}× its start"
+
+
+def restart_advice(mngr: ocp.CheckpointManager, before: int | None = None) -> str:
+  """Which checkpoint to restart from, newest first, skipping those whose parameters blew up (`health`)."""
+  steps = [s for s in reversed(mngr.all_steps()) if before is None or s < before]
+  skipped = []
+  for step in steps:
+    healthy, how = health(read_meta(mngr, step))
+    if healthy is False:
+      skipped.append(f"{step} ({how})")
+      continue
+    note = f"; skipped, finite but blown up: {', '.join(skipped)}" if skipped else ""
+    return (f"restart from checkpoint {step} ({how}) with a lower learning rate: --restart_from={step} "
+            f"--config.train.lr=...{note}")
+  if skipped:
+    return (f"every checkpoint is finite but blown up ({', '.join(skipped)}; healthy is at most {HEALTHY_GROWTH:g}× "
+            f"the initial size): start again in a new --workdir with a lower --config.train.lr")
+  return "no checkpoint was saved before; lower train.lr (--config.train.lr=...) or check the data, and start again"
+
+
+def _damaged(mngr: ocp.CheckpointManager, step: int, error: Exception, training: bool = True) -> DamagedFileError:
   others = [s for s in reversed(_step_dirs(pathlib.Path(mngr.directory))) if s != step]
   first_line = (str(error).strip().splitlines() or [""])[0][:200]
-  hint = (f"the other checkpoints, newest first: {others}; resume from one of them with --restart_from={others[0]} "
-          f"(later ones are moved to abandoned/, not deleted)" if others else "there is no other checkpoint")
+  if not others:
+    hint = "there is no other checkpoint"
+  elif training:
+    hint = (f"the other checkpoints, newest first: {others}; resume from one of them with --restart_from={others[0]} "
+            f"(later ones are moved to abandoned/, not deleted)")
+  else:
+    hint = f"the other checkpoints, newest first: {others}; use one of them with --step={others[0]}"
   return DamagedFileError(f"checkpoint {step} in {mngr.directory} cannot be read ({type(error).__name__}: "
                           f"{first_line}); {hint}")
 

@@ -108,14 +108,34 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: dict[str, Any]
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """The config of a config file, as `--config` reads it: 'configs/demo.py' or 'configs/demo.py:setting=inductive'."""
+  """The config of a config file, as `--config` reads it: 'configs/demo.py' or 'configs/demo.py:setting=inductive'.
+  A file that is missing, fails to run, has no get_config, or whose get_config fails or returns something else
+  than a ConfigDict is a ConfigError naming the file."""
   import importlib.util  # pylint: disable=g-import-not-at-top
   import pathlib  # pylint: disable=g-import-not-at-top
 
   path, _, arg = spec.partition(":")
   if not pathlib.Path(path).is_file():
-    raise MissingFileError(f"config file {path} does not exist")
+    raise MissingFileError(f"config file {path} does not exist; give a config file's path, e.g. "
+                           f"--config=configs/voc12_zs3.py (run from the repository root)")
   module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (the file is the user's: any error in it is theirs)
+    raise ConfigError(f"config file {path} fails to load ({type(e).__name__}: {e}); fix the file") from e
+  get_config = getattr(module, "get_config", None)
+  if not callable(get_config):
+    raise ConfigError(f"config file {path} defines no get_config(arg=None) function; a config file defines one that "
+                      f"returns an ml_collections.ConfigDict (see configs/voc12_zs3.py)")
+  try:
+    config = get_config(arg) if arg else get_config()
+  except ConfigError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f"config file {path}: get_config({arg!r}) fails ({type(e).__name__}: {e}); fix the file or "
+                      f"its argument") from e
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"config file {path}: get_config returned {type(config).__name__}, expected an "
+                      f"ml_collections.ConfigDict; end get_config with `return config`")
+  return config

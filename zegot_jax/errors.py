@@ -13,9 +13,13 @@ way.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
+import pathlib
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 from absl import app, flags
@@ -43,12 +47,82 @@ class DamagedFileError(UserError, ValueError):
   """A file that exists but cannot be read: truncated, corrupt, or not what its name says."""
 
 
+class StorageError(UserError, OSError):
+  """Writing or reading files failed in the storage layer (a full disk, a read-only or missing folder, no
+  permission): not a bug, and nothing half-written is left where it counts."""
+
+
+# The storage layer's failures as tensorstore (under orbax) reports them: a ValueError whose text holds an absl
+# status and the operating system's reason, not an OSError.
+_STORAGE_REASONS = {"No space left on device": errno.ENOSPC, "Read-only file system": errno.EROFS,
+                    "Permission denied": errno.EACCES, "Disk quota exceeded": errno.EDQUOT,
+                    "RESOURCE_EXHAUSTED": errno.ENOSPC, "PERMISSION_DENIED": errno.EACCES}
+
+
+def storage_cause(error: BaseException | None) -> tuple[int | None, str] | None:
+  """(errno, reason) when `error`, or an exception it wraps, is a failure of the storage layer: an OSError with an
+  errno (not a missing module or a bad image), or tensorstore's ValueError naming one; else None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno is not None:
+      return error.errno, error.strerror or os.strerror(error.errno)
+    if isinstance(error, ValueError):
+      for reason, code in _STORAGE_REASONS.items():
+        if reason in str(error):
+          return code, os.strerror(code)
+    error = error.__cause__ or error.__context__
+  return None
+
+
+ADVICE = {errno.ENOSPC: "free space on that disk or write elsewhere", errno.EDQUOT: "free space or write elsewhere",
+          errno.EROFS: "the file system is read-only: write elsewhere",
+          errno.EACCES: "you may not write there: fix its permissions or write elsewhere",
+          errno.EPERM: "you may not write there: fix its permissions or write elsewhere",
+          errno.ENOTDIR: "a part of the path is a file, not a folder: give another path",
+          errno.EISDIR: "that path is a folder: give a file's path",
+          errno.EEXIST: "a file is in the way: give another path"}
+
+
+@contextlib.contextmanager
+def storage(action: str, advice: str | None = None) -> Iterator[None]:
+  """Turns a storage failure inside the block into one StorageError line: '<action>: <reason>; <advice>' (the
+  advice defaults to what the reason calls for). Anything else passes through unchanged."""
+  try:
+    yield
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (orbax and tensorstore wrap the OSError)
+    cause = storage_cause(e)
+    if cause is None:
+      raise
+    code, reason = cause
+    error = StorageError(f"{action}: {reason}; {advice or ADVICE.get(code, 'check the path and the disk')}")
+    error.errno = code
+    raise error from e
+
+
+def path_flag(value: str | None, flag: str, example: str) -> pathlib.Path:
+  """The path a flag names, with ~ expanded; ConfigError when it is empty (pathlib would read '' as the current
+  directory)."""
+  if value is None or not str(value).strip():
+    raise ConfigError(f"{flag} is empty; give a path, e.g. {flag}={example}")
+  return pathlib.Path(str(value)).expanduser()
+
+
 def one_line(message: str) -> str:
   return " ".join(str(message).split())
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, *, now: bool = False) -> NoReturn:
+  """Prints `error: <message>` on one line and exits with code 2; `now`: at once (os._exit, after flushing), for
+  an error raised while the storage layer's threads may still hold work (a damaged checkpoint's other reads),
+  whose callbacks would print tracebacks into a closed event loop at interpreter shutdown."""
   print(f"error: {one_line(message)}", file=sys.stderr)
+  if now:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_USER_ERROR)  # pylint: disable=protected-access
   sys.exit(EXIT_USER_ERROR)
 
 
@@ -64,7 +138,7 @@ def _flag_value(argv: list[str], name: str) -> str:
 
 def _flag_error(error: Exception, argv: list[str]) -> str:
   """A flag-parsing failure as one sentence: a misspelt config field names the flag and the closest field; a config
-  file that fails to load or refuses its argument gives its own message, not the traceback around it."""
+  file that fails to load or refuses its argument was reported before parsing (`run`), by config_lib.load_config."""
   text = str(error)
   if isinstance(error, (AttributeError, KeyError)):  # --config.train.stpes=3
     missing = re.search(r"'([\w-]+)\\?'.*Did you mean \"(\w+)\"", text, re.S)
@@ -73,15 +147,6 @@ def _flag_error(error: Exception, argv: list[str]) -> str:
                 f"--config.<...>.{field}")
     hint = f"; did you mean {missing.group(2)!r}?" if missing else "; see the config file for its fields"
     return f"{flag}: the config has no field {field!r}{hint}"
-  config = _flag_value(argv, "config")
-  if "Failed loading config file" in text:
-    return (f"--config={config}: the config file {config.partition(':')[0]} does not exist or "
-            f"cannot be read; run from the repository root or give the file's path")
-  if "Traceback" in text:  # an exception inside the config file's get_config: keep its last line
-    last = [line for line in text.splitlines() if re.match(r"\s*[\w.]+(Error|Exception): ", line)]
-    if last:
-      message = re.sub(r"^\s*[\w.]+(Error|Exception): ", "", last[-1])
-      return f"--config={config}: {message}"
   text = re.sub(r"^FATAL Flags parsing error: ", "", one_line(text))
   return text.replace(" Pass --helpshort or --helpfull to see help on flags.", "")
 
@@ -91,6 +156,13 @@ def run(main: Callable[[list[str]], None], *, positional: int = 0) -> None:
   show = flags.DEFINE_bool("show_traceback", False, "show the traceback of a user error (bad input, damaged file)")
 
   def parse(argv: list[str]) -> list[str]:
+    config = _flag_value(argv, "config")
+    if config and "--show_traceback" not in argv:  # a config file that cannot give a config: its own one line,
+      from zegot_jax import config_lib  # pylint: disable=g-import-not-at-top,import-outside-toplevel  (imports us)
+      try:
+        config_lib.load_config(config)
+      except UserError as e:  # the file's own message names it; its get_config's (a bad argument) does not
+        fail(str(e) if config.partition(":")[0] in str(e) else f"--config={config}: {e}")
     try:
       rest = flags.FLAGS(argv)
       for name in flags.FLAGS:  # ml_collections defers a config file's load failure to its first use: use it now
@@ -113,6 +185,6 @@ def run(main: Callable[[list[str]], None], *, positional: int = 0) -> None:
     except UserError as e:
       if show.value:
         raise
-      fail(str(e))
+      fail(str(e), now=True)
 
   app.run(wrapped, flags_parser=parse)

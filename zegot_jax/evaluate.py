@@ -52,18 +52,21 @@ def _writable(directory: pathlib.Path) -> None:
     with tempfile.TemporaryFile(dir=directory):
       pass
   except OSError as e:
-    raise errors.UserError(f"cannot write the result in {directory} ({e.strerror or e}); pass --out PATH in a writable "
-                    f"place") from e
+    raise errors.StorageError(f"cannot write the result in {directory} ({e.strerror or e}); pass --out PATH in a "
+                              f"writable place") from e
 
 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax and tfds are chatty at INFO; --verbosity=0 brings them back
   from_config.maybe_initialize_distributed()
-  config, workdir = _CONFIG.value, pathlib.Path(_WORKDIR.value).expanduser()
+  config, workdir = _CONFIG.value, errors.path_flag(_WORKDIR.value, "--workdir", "runs/voc")
   if not workdir.is_dir():
     raise errors.MissingFileError(f"--workdir {workdir} does not exist")
-  out_dir = pathlib.Path(_OUT.value).expanduser().parent if _OUT.value else workdir
+  out = errors.path_flag(_OUT.value, "--out", "results/voc.json") if _OUT.value is not None else None
+  if out is not None and out.is_dir():
+    raise errors.ConfigError(f"--out={out} is a folder; give the result file's path, e.g. --out={out / 'result.json'}")
+  out_dir = out.parent if out is not None else workdir
   _writable(out_dir)  # before the evaluation, not after it
   result = evaluation.evaluate_run(workdir, config, _STEP.value, dataset_name=_DATASET.value,
                                    max_examples=_MAX_EXAMPLES.value, pictures_dir=out_dir / "pictures")
@@ -71,10 +74,10 @@ def main(argv):
     return
   step = result["step"]
   print(metrics.format_table(result["report"]))
-  out = (pathlib.Path(_OUT.value).expanduser() if _OUT.value
-         else workdir / result_name(config, result["dataset"], step, _MAX_EXAMPLES.value))
-  out.parent.mkdir(parents=True, exist_ok=True)
-  out.write_text(json.dumps(result, indent=2))
+  out = out or workdir / result_name(config, result["dataset"], step, _MAX_EXAMPLES.value)
+  with errors.storage(f"could not write the result to {out}"):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
   print(f"step {step}, {result['examples']} images; written to {out}")
   if "pictures" in result:
     print(f"figure: {result['pictures']}")

@@ -26,11 +26,15 @@ from zegot_jax.models.mpot import SinkhornConfig
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
   attention_for(config)  # like the mesh, clip.attention must fit these devices: refused before anything is loaded
-  fsdp = config.mesh.fsdp
-  data = config.mesh.data if config.mesh.data > 0 else jax.device_count() // fsdp
-  if data * fsdp != jax.device_count():
-    raise ConfigError(f"config mesh.data={data} × mesh.fsdp={fsdp} does not match the {jax.device_count()} "
-                      f"devices; set --config.mesh.data=-1 (all devices not used by fsdp)")
+  fsdp, devices = config.mesh.fsdp, jax.device_count()
+  if fsdp < 1 or devices % fsdp:
+    divisors = [d for d in range(1, devices + 1) if devices % d == 0]
+    raise ConfigError(f"config mesh.fsdp={fsdp} does not divide the {devices} device(s) here; set "
+                      f"--config.mesh.fsdp to one of {divisors}")
+  data = config.mesh.data if config.mesh.data > 0 else devices // fsdp
+  if data * fsdp != devices:
+    raise ConfigError(f"config mesh.data={data} × mesh.fsdp={fsdp} does not match the {devices} devices; set "
+                      f"--config.mesh.data=-1 (all devices not used by fsdp)")
   # Auto axes: shardings of inputs and params are given, XLA propagates the rest through the step.
   return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
 

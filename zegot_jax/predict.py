@@ -4,11 +4,14 @@ r"""Segments any image with any list of class names, using a trained run.
   python -m zegot_jax.predict --workdir runs/voc --image street.jpg --classes "car,person,tree" --threshold 0.3
 
 Writes, in --out (default: <workdir>/predictions/<image name>-<8 hex digits of its full path>/, so that two
-images of the same name never share a directory; a rerun replaces what an earlier run wrote there):
-  overlay.png        the image with every class coloured, and a legend with the class names
-  labels.png         the class index of every pixel (255 where no class passed --threshold)
-  mask_<class>.png   one black/white mask per class
-  summary.json       the fraction of the image each class covers
+images of the same name never share a directory):
+  overlay.png            the image with every class coloured, and a legend with the class names
+  labels.png             the class index of every pixel: 8-bit with 255 where no class passed --threshold; with
+                         more than 255 classes 16-bit, with 65535 there
+  mask_<k>_<class>.png   one black/white mask per class (k: its index in --classes)
+  summary.json           the fraction of the image each class covers, and the files written
+--out must be new, empty, or a folder predict wrote before: a rerun replaces only predict's own files there (the
+ones its summary.json lists); a folder holding anything else is refused, so nothing of yours is overwritten.
 
 --max_side N downscales an image whose long side is over N pixels first (the app does so at 1024), so the outputs
 have the downscaled size; without it the image is segmented at its full size.
@@ -16,7 +19,8 @@ have the downscaled size; without it the image is segmented at its full size.
 The run's config is read from <workdir>/config.json (written by training) unless --config is given. The image is
 resized so its short side is the run's input size, segmented with sliding windows, and the per-class sigmoid
 scores are resized back to the original image. 16-bit and float images are scaled to 8 bits (`data/images.py`);
-a photo is turned upright by its EXIF orientation first.
+a photo is turned upright by its EXIF orientation first. Images over PIL's decompression-bomb limit (178,956,970
+pixels) are refused before decoding.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def main(argv, f: dict):
   config = None
   if f["config"].value:
     config = config_lib.load_config(f["config"].value)
-  summary = predict(f["workdir"].value, f["image"].value, f["classes"].value, config=config, step=f["step"].value,
+  workdir = errors.path_flag(f["workdir"].value, "--workdir", "runs/demo")
+  summary = predict(workdir, errors.path_flag(f["image"].value, "--image", "photo.jpg"), f["classes"].value, config=config, step=f["step"].value,
                     threshold=f["threshold"].value, out=f["out"].value, max_side=f["max_side"].value)
   for name, share in sorted(summary["coverage"].items(), key=lambda kv: -kv[1]):
     print(f"{name:<24} {100 * share:6.2f}%")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 import re
 from collections.abc import Sequence
@@ -23,32 +24,65 @@ import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from zegot_jax import checkpoints, metrics
+from zegot_jax import checkpoints, errors, metrics
 from zegot_jax.data import augment, images, registry
 from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError
 from zegot_jax.models import prompts
 from zegot_jax.pictures import palette, resized
 from zegot_jax.segmenter import Segmenter
 
-UNASSIGNED = 255
+UNASSIGNED = 255  # labels.png's "no class" value with up to 255 classes (8-bit); with more, 65535 (16-bit)
+MAX_CLASSES = 65535  # a 16-bit labels.png holds class indices 0-65534 and "no class"
 
 
-def read_image(path: str | pathlib.Path, name: str | None = None) -> np.ndarray:
+def label_dtype(num_classes: int) -> type:
+  """The smallest unsigned type that holds class indices 0..num_classes-1 and a "no class" value above them:
+  uint8 up to 255 classes (255 = none), uint16 up to 65535 (65535 = none)."""
+  if num_classes > MAX_CLASSES:
+    raise ClassNamesError(f"{num_classes} classes: at most {MAX_CLASSES} fit a 16-bit label image")
+  return np.uint8 if num_classes <= 255 else np.uint16
+
+
+def unassigned(num_classes: int) -> int:
+  """The label value of pixels with no class: 255 (8-bit labels) or 65535 (16-bit)."""
+  return int(np.iinfo(label_dtype(num_classes)).max)
+
+
+def read_image(path: str | pathlib.Path, name: str | None = None, max_pixels: int | None = None) -> np.ndarray:
   """(H, W, 3) uint8 of an image file of any mode, upright (EXIF orientation applied); `name` is how errors call
-  the file (default: its path)."""
+  the file (default: its path). An image over `max_pixels` (default: PIL's decompression-bomb limit) is refused
+  before it is decoded."""
   path = pathlib.Path(path)
   name = name or str(path)
-  if not path.is_file():
-    raise MissingFileError(f"image {name} does not exist")
+  check_image_path(path, name)
   try:
     with Image.open(path) as image:
+      images.check_pixels(image, name, max_pixels)
       image.load()
       return images.to_rgb8(ImageOps.exif_transpose(image), name)
-  except images.ImageModeError:
+  except (images.ImageModeError, images.ImageSizeError):
     raise
+  except Image.DecompressionBombError as e:
+    raise images.ImageSizeError(images.bomb_message(e, name)) from e
+  except OSError as e:
+    if not isinstance(e, Image.UnidentifiedImageError) and e.errno is not None:  # the file system, not the image
+      raise DamagedFileError(f"{name}: cannot be read ({e.strerror}); check the file and its permissions") from e
+    raise DamagedFileError(f"{name}: not a readable image ({type(e).__name__}); expected a PNG, JPEG, BMP, GIF, "
+                           f"TIFF or WebP file") from e
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for corrupt files)
     raise DamagedFileError(f"{name}: not a readable image ({type(e).__name__}); expected a PNG, JPEG, BMP, GIF, "
                            f"TIFF or WebP file") from e
+
+
+def check_image_path(path: pathlib.Path, name: str) -> None:
+  """MissingFileError unless `path` is a regular file (a folder, a FIFO or a device is named as what it is)."""
+  if path.is_file():
+    return
+  if path.is_dir():
+    raise MissingFileError(f"image {name} is a folder, not an image file; give one image file")
+  if path.exists():
+    raise MissingFileError(f"image {name} is not a regular file (a pipe, socket or device); give an image file")
+  raise MissingFileError(f"image {name} does not exist")
 
 
 def fit_within(image: np.ndarray, max_side: int | None) -> np.ndarray:
@@ -87,17 +121,58 @@ def output_dir(workdir: pathlib.Path, image_path: str | pathlib.Path) -> pathlib
   return workdir / "predictions" / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
-OUTPUTS = ("overlay.png", "labels.png", "summary.json", "mask_*.png")  # what predict writes: replaced on a rerun
+WRITER = "zegot_jax.predict"  # summary.json's "written_by": the folder is predict's own, its files replaceable
+FIXED_OUTPUTS = ("overlay.png", "labels.png", "summary.json")  # besides the masks (summary.json lists them)
+
+
+class OutputFolderError(ConfigError):
+  """An output folder that predict may not write into: a file, or a folder holding files predict did not write."""
+
+
+def claim_output_dir(out: pathlib.Path, where: str = "--out", create: bool = True) -> list[pathlib.Path]:
+  """Makes `out` predict's folder: creates it (unless `create` is False: only the checks, before any work), or
+  accepts it when empty or written by predict before. Returns the files an earlier predict wrote there (to
+  replace); a folder holding anything else is refused, so that nothing of the user's is overwritten or deleted."""
+  if out.exists() and not out.is_dir():
+    raise OutputFolderError(f"{_named(where, out)} is a file; give a folder (it is created if missing)")
+  present = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+  earlier = _summary_of_predict(out / "summary.json") if present else {}
+  if earlier is None:
+    raise OutputFolderError(f"{_named(where, out)} holds files that predict did not write ({', '.join(present[:3])}"
+                            f"{', ...' if len(present) > 3 else ''}); give a new or empty folder, or one that predict "
+                            f"wrote before (it replaces its own files there)")
+  existing = next(p for p in (out, *out.absolute().parents) if p.exists())
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise errors.StorageError(f"{_named(where, out)}: {existing} is not writable ({'read-only or ' if existing == out else ''}"
+                              f"no permission); give a folder you can write to")
+  if create:
+    with errors.storage(f"{_named(where, out)}: cannot create the folder"):
+      out.mkdir(parents=True, exist_ok=True)
+  return [out / name for name in (*FIXED_OUTPUTS, *earlier.get("masks", [])) if name in present]
+
+
+def _named(where: str, out: pathlib.Path) -> str:
+  return f"{where}={out}" if where.startswith("--") else f"{where} {out}"
+
+
+def _summary_of_predict(path: pathlib.Path) -> dict | None:
+  try:
+    summary = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  return summary if isinstance(summary, dict) and summary.get("written_by") == WRITER else None
 
 
 def render_overlay(image: np.ndarray, labels: np.ndarray, class_names: list[str], alpha: float = 0.55) -> Image.Image:
-  """The image with each class's pixels tinted, above a legend of the classes present (and their share)."""
+  """The image with each class's pixels tinted, above a legend of the classes present (and their share); labels
+  as Segmentation.labels gives them."""
   colours = palette(len(class_names))
   tinted = image.astype(np.float32)
-  assigned = labels != UNASSIGNED
+  assigned = labels != unassigned(len(class_names))
   tinted[assigned] = (1 - alpha) * tinted[assigned] + alpha * colours[labels[assigned]]
   overlay = Image.fromarray(tinted.astype(np.uint8))
-  present = [(k, float((labels == k).mean())) for k in range(len(class_names)) if (labels == k).any()]
+  counts = np.bincount(labels[assigned].ravel(), minlength=len(class_names))
+  present = [(int(k), counts[k] / labels.size) for k in np.flatnonzero(counts)]
   font = ImageFont.load_default()
   row = 16
   legend = Image.new("RGB", (max(overlay.width, 160), row * max(len(present), 1) + 4), (255, 255, 255))
@@ -124,33 +199,43 @@ class Segmentation:
   image: np.ndarray  # (H, W, 3) uint8, as segmented
   class_names: list[str]
   logits: jax.Array  # (H, W, K) Y* (eq. 11), float32
-  best: np.ndarray  # (H, W) uint8: the class of the highest logit
+  best: np.ndarray  # (H, W) int32: the class of the highest logit
   confidence: np.ndarray  # (H, W) float32: the sigmoid probability of that class
 
+  @property
+  def unassigned(self) -> int:
+    """The label of pixels with no class: 255, or 65535 with more than 255 classes."""
+    return unassigned(len(self.class_names))
+
   def labels(self, threshold: float = 0.0) -> np.ndarray:
-    """(H, W) uint8 class indices, UNASSIGNED where the best class's probability is below `threshold`."""
-    return np.where(self.confidence < threshold, UNASSIGNED, self.best).astype(np.uint8)
+    """(H, W) class indices as label_dtype (uint8 up to 255 classes, else uint16), `unassigned` where the best
+    class's probability is below `threshold`."""
+    dtype = label_dtype(len(self.class_names))
+    return np.where(self.confidence < threshold, self.unassigned, self.best).astype(dtype)
 
 
-def write_outputs(segmentation: Segmentation, out: pathlib.Path, threshold: float = 0.0, **about) -> dict:
-  """Writes overlay.png, labels.png, one mask per class and summary.json into `out` (an earlier run's files
-  there are replaced); returns the summary: `about` (e.g. the image and the step), then the class list, the
-  share of the image each class covers, the unassigned share and the files."""
+def write_outputs(segmentation: Segmentation, out: pathlib.Path, threshold: float = 0.0, where: str = "--out",
+                  **about) -> dict:
+  """Writes overlay.png, labels.png (8-bit, or 16-bit over 255 classes), one mask per class and summary.json into
+  `out`, a folder that claim_output_dir accepts (an earlier predict's files there are replaced; anyone else's
+  make it refused); returns the summary: `about` (e.g. the image and the step), then the class list, the share
+  of the image each class covers, the unassigned share and the files. `where` names `out` in errors."""
   names = segmentation.class_names
   labels = segmentation.labels(threshold)
-  out.mkdir(parents=True, exist_ok=True)
-  for pattern in OUTPUTS:  # an earlier run's files (e.g. masks of another class list) do not stay beside these
-    for stale in out.glob(pattern):
-      stale.unlink()
-  render_overlay(segmentation.image, labels, names).save(out / "overlay.png")
-  Image.fromarray(labels).save(out / "labels.png")
+  stale = claim_output_dir(out, where)
+  counts = np.bincount(labels.ravel(), minlength=segmentation.unassigned + 1) / labels.size
   masks = [file_name("mask", k, name) for k, name in enumerate(names)]
-  for k, file in enumerate(masks):
-    Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(out / file)
   summary = dict(**about, size=list(labels.shape), classes=names, threshold=threshold,
-                 coverage={name: float((labels == k).mean()) for k, name in enumerate(names)},
-                 unassigned=float((labels == UNASSIGNED).mean()), masks=masks, out=str(out))
-  (out / "summary.json").write_text(json.dumps(summary, indent=2))
+                 coverage={name: float(counts[k]) for k, name in enumerate(names)},
+                 unassigned=float(counts[segmentation.unassigned]), masks=masks, out=str(out), written_by=WRITER)
+  with errors.storage(f"{_named(where, out)}: could not write the outputs"):
+    for path in stale:  # an earlier predict's files (e.g. masks of another class list) do not stay beside these
+      path.unlink()
+    render_overlay(segmentation.image, labels, names).save(out / "overlay.png")
+    Image.fromarray(labels).save(out / "labels.png")
+    for k, file in enumerate(masks):
+      Image.fromarray(((labels == k) * 255).astype(np.uint8)).save(out / file)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))  # last: the folder is predict's once it is there
   return summary
 
 
@@ -201,7 +286,7 @@ class Predictor:
     logits = self.logits(image, class_names)
     best = metrics.predict_labels(logits)
     confidence = jax.nn.sigmoid(logits.max(axis=-1))  # the best class's probability (sigmoid is monotonic)
-    return Segmentation(image, list(self._segmenter.class_names), logits, np.asarray(best).astype(np.uint8),
+    return Segmentation(image, list(self._segmenter.class_names), logits, np.asarray(best, np.int32),
                         np.asarray(confidence, np.float32))
 
   def score_maps(self, image: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
@@ -221,12 +306,15 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
   if max_side is not None and max_side < 1:
     raise ConfigError(f"--max_side={max_side}: expected a positive number of pixels (or no flag: full size)")
   config = config or checkpoints.read_run_config(workdir)
+  where = "--out" if out else "the output folder (another one: --out)"
+  out = pathlib.Path(out).expanduser() if out else output_dir(workdir, image_path)
   try:
     names = check_class_names(class_names or [])  # before anything is loaded
+    label_dtype(len(names))
     image = fit_within(read_image(image_path), max_side)
+    claim_output_dir(out, where, create=False)
     predictor = Predictor(workdir, config, step)
     segmentation = predictor.segment(image, names)
   except ClassNamesError as e:
     raise ConfigError(f"--classes: {e}; give comma-separated names, e.g. --classes 'cat,grass,sky'") from e
-  out = pathlib.Path(out) if out else output_dir(workdir, image_path)
-  return write_outputs(segmentation, out, threshold, image=str(image_path), step=predictor.step)
+  return write_outputs(segmentation, out, threshold, where, image=str(image_path), step=predictor.step)

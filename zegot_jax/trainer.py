@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from zegot_jax import checkpoints, evaluation, from_config, selftrain
+from zegot_jax import checkpoints, errors, evaluation, from_config, selftrain
 from zegot_jax.data import photometric, pipeline, registry
 from zegot_jax.data.classes import IGNORE_INDEX
 from zegot_jax.errors import ConfigError, DamagedFileError, DivergedError
@@ -106,6 +106,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"config setting={config.setting!r}: expected one of {pipeline.SETTINGS}")
   registry.parse_name(config.dataset)
   from_config.model_config(config)  # the model's own checks, before anything is loaded
+  from_config.make_mesh(config)  # the mesh must fit these devices
   make_schedule(config)
 
 
@@ -243,20 +244,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | pathlib
   `restart_from`: restart from this earlier checkpoint (its later ones are moved to <workdir>/abandoned/), with
   RESTART_CHANGES (e.g. the learning rate) allowed to differ from the checkpoint's config."""
   validate(config)
-  workdir = pathlib.Path(workdir).expanduser()
-  workdir.mkdir(parents=True, exist_ok=True)
+  workdir = errors.path_flag(None if workdir is None else str(workdir), "--workdir", "runs/voc")
+  if workdir.exists() and not workdir.is_dir():
+    raise ConfigError(f"--workdir={workdir} is a file; give a folder for the run (it is created if missing)")
+  with errors.storage(f"--workdir={workdir}: cannot create the run's folder"):
+    workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
   with checkpoints.WorkdirLock(workdir) if is_main else contextlib.nullcontext():
     return _train_and_evaluate(config, workdir, on_step, restart_from)
 
 
-def _diverged(step: int, phase: str, what: str, last: int | None) -> DivergedError:
-  if last is None:
-    return DivergedError(f"{what} at step {step} (phase {phase}): not saved, and no checkpoint was saved before; "
-                         f"lower train.lr (--config.train.lr=...) or check the data, and start again")
-  return DivergedError(f"{what} at step {step} (phase {phase}): not saved. The last checkpoint, {last}, is finite "
-                       f"(a non-finite state is never saved); restart from it with a lower learning rate: "
-                       f"--restart_from={last} --config.train.lr=...")
+def _diverged(step: int, phase: str, what: str, mngr) -> DivergedError:
+  """The divergence as one line, with the newest checkpoint that is a sensible restart point (finite is not
+  enough: checkpoints.restart_advice)."""
+  return DivergedError(f"{what} at step {step} (phase {phase}): not saved (a non-finite state is never saved); "
+                       f"{checkpoints.restart_advice(mngr)}")
+
+
+def params_max_abs(params: Any) -> jax.Array:
+  """() float32: the largest |θ| over the trainable parameters (a checkpoint's health, checkpoints.health)."""
+  return jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree_util.tree_leaves(params)]))
 
 
 def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: int | None) -> dict:
@@ -314,30 +321,40 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
       checkpoints.abandon_after(workdir, restart_from)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices("zegot_restart_from")
-  mngr = checkpoints.manager(workdir)
+  with errors.storage(f"--workdir={workdir}: cannot create checkpoints/"):
+    mngr = checkpoints.manager(workdir)
   start = mngr.latest_step()
   iterator = iter(data)
+  data_fingerprint = registry.fingerprint(dataset)  # checked at every resume: a run continues on its own data
+  health = jax.jit(lambda state: (all_finite(state), params_max_abs(state["params"])))
   if start is None:
     state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(t.seed), clip_params, tokens)
-    start = 0
+    start, initial_max_abs = 0, float(params_max_abs(state.params))
   else:
     target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                     state_to_dict(abstract), state_to_dict(state_sharding))
     restored, data_state = checkpoints.restore(
-        mngr, start, target, config=config, where=str(workdir), data=True,
+        mngr, start, target, config=config, where=str(workdir), data=True, data_fingerprint=data_fingerprint,
         allowed=checkpoints.RESTART_CHANGES if restart_from is not None else ())
     state = TrainState(**restored)
     iterator.set_state(data_state)
+    meta = checkpoints.read_meta(mngr, start)
+    initial_max_abs = (meta.get("health") or {}).get("initial_params_max_abs")
+    healthy, how = checkpoints.health(meta)
+    if restart_from is not None and healthy is False and is_main:
+      print(f"warning: checkpoint {start} is finite but blown up ({how}); a lower learning rate may not recover "
+            f"it: {checkpoints.restart_advice(mngr, before=start)}", file=sys.stderr)
   if is_main:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-  finite = jax.jit(all_finite)
+    with errors.storage(f"--workdir={workdir}: cannot write config.json"):
+      (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   def save(step: int) -> None:
-    if not bool(finite(state_to_dict(state))):  # one host sync per save
-      raise _diverged(step, schedule.phase(step - 1), "the train state is not finite", mngr.latest_step())
+    finite, max_abs = jax.device_get(health(state_to_dict(state)))  # one host sync per save
+    if not finite:
+      raise _diverged(step, schedule.phase(step - 1), "the train state is not finite", mngr)
     meta = dict(config=checkpoints.checked_config(config), classes=[spec.classes[i] for i in classes],
-                clip_path=str(clip.path))
+                clip_path=str(clip.path), data=data_fingerprint, data_dir=str(config.data_dir),
+                health=dict(params_max_abs=float(max_abs), initial_params_max_abs=initial_max_abs))
     checkpoints.save(mngr, step, state_to_dict(state), iterator.get_state(), meta)
 
   # Preemption: SIGTERM asks the loop to save and stop after the current step. With several processes, JAX's
@@ -374,7 +391,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
         for offset, m in enumerate(fetched):
           s = done - len(fetched) + offset + 1
           if not np.isfinite(m["loss"]):
-            raise _diverged(s, schedule.phase(s - 1), f"the loss is {m['loss']}", mngr.latest_step())
+            raise _diverged(s, schedule.phase(s - 1), f"the loss is {m['loss']}", mngr)
         last_metrics = {**fetched[-1], "phase": schedule.phase(step),
                         "images_per_s": timed_steps * t.batch_size / elapsed,
                         "seconds_per_step": elapsed / timed_steps, "data_wait_fraction": waited / elapsed}

@@ -56,6 +56,32 @@ def _interrupt(signum, frame):
   raise KeyboardInterrupt
 
 
+def check_address(host: str, port: int) -> None:
+  """ConfigError naming the problem when the app could not serve at host:port (checked before the model loads):
+  a host that is no address of this machine, or a port in use."""
+  import errno  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import socket  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+
+  try:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+  except socket.gaierror as e:
+    raise ConfigError(f"--host={host}: not a known address ({e.strerror}); use 127.0.0.1 (this machine only) or "
+                      f"0.0.0.0 (every interface)") from e
+  family, kind, proto, _, address = infos[0]
+  with socket.socket(family, kind, proto) as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: a closing socket is no user
+    try:
+      probe.bind(address)
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        raise ConfigError(f"cannot serve at http://{host}:{port}: the port is in use; pass another --port, or stop what "
+                          f"uses this one") from e
+      if e.errno == errno.EADDRNOTAVAIL:
+        raise ConfigError(f"--host={host}: not an address of this machine; use 127.0.0.1 (this machine only) or "
+                          f"0.0.0.0 (every interface)") from e
+      raise ConfigError(f"cannot serve at {host}:{port}: {e.strerror or e}; pass another --host or --port") from e
+
+
 def main(argv, f: dict):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -63,6 +89,7 @@ def main(argv, f: dict):
     raise ConfigError(f"--port={f['port'].value}: expected a port number in 1-65535")
   if f["max_side"].value < 64:
     raise ConfigError(f"--max_side={f['max_side'].value}: expected at least 64 pixels")
+  check_address(f["host"].value, f["port"].value)
   _import_gradio()
   from zegot_jax import prediction  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   from zegot_jax.app import session as session_lib, ui  # pylint: disable=g-import-not-at-top,import-outside-toplevel
@@ -81,7 +108,7 @@ def main(argv, f: dict):
     try:
       page.launch(server_name=f["host"].value, server_port=f["port"].value, allowed_paths=[out_root], quiet=True,
                   ssr_mode=False, show_error=False, theme=ui.THEME, css=ui.CSS, footer_links=[],
-                  prevent_thread_lock=True)
+                  prevent_thread_lock=True, max_file_size=f"{session_lib.MAX_UPLOAD_MB}mb")
     except OSError as e:
       why = "the port is in use" if "empty port" in str(e) else str(e)
       raise ConfigError(f"cannot serve at {url}: {why}; pass another --port, or stop what uses this one") from e

@@ -27,6 +27,12 @@ from zegot_jax.pictures import class_maps_row, holding_unseen
 
 MAX_SIDE = 1024  # images with a longer side are downscaled to it (the outputs then have the downscaled size)
 KEEP_REQUESTS = 32  # output directories kept (older ones are deleted)
+# What one request may hold, so that one user cannot exhaust the server: the upload's size (enforced by the server
+# before the file is kept), its decoded pixels (checked from the header, before decoding) and the class count
+# (the logits hold max_side² × classes floats: 4 MB per class at 1024 px).
+MAX_UPLOAD_MB = 50
+MAX_PIXELS = 50_000_000
+MAX_CLASSES = 64
 
 
 class InputError(UserError, ValueError):
@@ -34,10 +40,15 @@ class InputError(UserError, ValueError):
 
 
 def parse_class_names(text: str | None) -> list[str]:
-  """Comma-separated class names as typed (spaces around them ignored); InputError naming what is wrong."""
-  names = [n.strip() for n in (text or "").split(",")]
+  """Class names as typed, separated by commas or new lines (spaces around them and blank lines ignored);
+  InputError naming what is wrong, or when there are over MAX_CLASSES."""
+  lines = [line for line in (text or "").splitlines() if line.strip()]
+  names = [n.strip() for n in ",".join(lines).split(",")]
   if names == [""]:
     raise InputError("no class names: type them separated by commas, e.g. 'zigzag, dots, plain'")
+  if len(names) > MAX_CLASSES:
+    raise InputError(f"{len(names)} class names: the app takes at most {MAX_CLASSES} per request (predict takes "
+                     f"more)")
   try:
     return prediction.check_class_names(names)
   except prediction.ClassNamesError as e:
@@ -98,7 +109,8 @@ class Session:
     unseen = [spec.classes[k] for k in spec.unseen]
     return (f"Run `{self.predictor.workdir}`, step {step}, trained on `{spec.name}`. Any class names work; "
             f"the dataset's are marked: seen (labelled in training): {', '.join(seen)}; unseen (never labelled): "
-            f"{', '.join(unseen)}. Images over {self.max_side} px are downscaled to {self.max_side} px.")
+            f"{', '.join(unseen)}. Images over {self.max_side} px are downscaled to {self.max_side} px. Limits per "
+            f"request: {MAX_UPLOAD_MB} MB per file, {MAX_PIXELS // 1_000_000} megapixels, {MAX_CLASSES} classes.")
 
   def tag(self, name: str) -> str:
     """'name (seen)', 'name (unseen)' or 'name (new)': what the run's dataset knows of a class name."""
@@ -125,7 +137,7 @@ class Session:
     if not path:
       raise InputError("no image: upload one (PNG, JPEG, ...) or pick an example")
     name = pathlib.Path(path).name
-    image = prediction.read_image(path, name=name)
+    image = prediction.read_image(path, name=name, max_pixels=MAX_PIXELS)
     return prediction.fit_within(image, self.max_side), name, image.shape[:2]
 
   def _segmentation(self, path: str, names: list[str]) -> tuple[_Kept, str, str]:

@@ -7,11 +7,13 @@ score maps are drawn), score_maps.
 
 from __future__ import annotations
 
+import html
 import itertools
+import re
 
 import gradio as gr
 
-from zegot_jax.app.session import Session, message_of
+from zegot_jax.app.session import MAX_CLASSES, MAX_UPLOAD_MB, Session, message_of
 from zegot_jax.errors import UserError
 
 TITLE = "ZegOT: segment any image with any class names"
@@ -23,6 +25,12 @@ CSS = """
 #overlay img, #preview img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 #score_maps img { image-rendering: pixelated; width: 100%; height: auto; }
 """
+
+
+def as_text(message: str) -> str:
+  """`message` for a Markdown component, to be shown as the characters it holds: HTML escaped, then every Markdown
+  punctuation character backslash-escaped."""
+  return re.sub(r"([\\`*_{}\[\]()#+\-.!|~>])", r"\\\1", html.escape(message, quote=False))
 
 
 def _cleared(message: str) -> tuple:
@@ -38,8 +46,8 @@ def build(session: Session, examples: list[str]) -> gr.Blocks:
   twice) still changes the page."""
   numbers = itertools.count(1)
 
-  def numbered(message: str) -> str:
-    return f"request {next(numbers)}: {message}"
+  def numbered(message: str) -> str:  # shown as text: a class name is never read as HTML or Markdown
+    return f"request {next(numbers)}: {as_text(message)}"
 
   def preview(path):
     if not path:
@@ -75,11 +83,13 @@ def build(session: Session, examples: list[str]) -> gr.Blocks:
     gr.Markdown(f"## {TITLE}\n{session.describe()}")
     with gr.Row():
       with gr.Column(scale=2):
-        image = gr.File(label="image (PNG, JPEG, ...; grey, RGBA, 16-bit and rotated photos are fine)",
+        image = gr.File(label=f"image (PNG, JPEG, ...; grey, RGBA, 16-bit and rotated photos are fine; up to "
+                              f"{MAX_UPLOAD_MB} MB)",
                         type="filepath", elem_id="image")
         preview_image = gr.Image(label="as segmented", type="numpy", format="png", interactive=False, height=220,
                                  elem_id="preview")
-        classes = gr.Textbox(label="class names, separated by commas", value=session.default_classes(),
+        classes = gr.Textbox(label=f"class names, separated by commas (up to {MAX_CLASSES})",
+                             value=session.default_classes(),
                              elem_id="classes")
         threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.05, elem_id="threshold",
                               label="threshold: pixels whose best class probability is below it stay unassigned")

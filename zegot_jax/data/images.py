@@ -11,6 +11,8 @@ of the mode is scaled to 0-255 instead:
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from PIL import Image
 
@@ -19,6 +21,36 @@ from zegot_jax.errors import UserError
 
 class ImageModeError(UserError, ValueError):
   """An image whose pixel values have no 8-bit reading (e.g. a float image with negative values)."""
+
+
+class ImageSizeError(UserError, ValueError):
+  """An image with more pixels than is read: a decompression bomb, or more than a program bounds itself to."""
+
+
+def max_pixels() -> int:
+  """The most pixels an image file may have to be read: PIL's guard against decompression bombs (2 ×
+  Image.MAX_IMAGE_PIXELS, 178,956,970 by default; PIL only warns between the two)."""
+  return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else 2**62
+
+
+def check_pixels(image: Image.Image, where: str = "image", limit: int | None = None) -> None:
+  """ImageSizeError when the opened (not yet decoded) image has more than `limit` pixels (default max_pixels())."""
+  limit = limit or max_pixels()
+  w, h = image.size
+  if w * h > limit:
+    raise ImageSizeError(size_message(where, w * h, limit, (w, h)))
+
+
+def size_message(where: str, pixels: int, limit: int, size: tuple[int, int] | None = None) -> str:
+  shape = f"{size[0]}×{size[1]} = " if size else ""
+  return (f"{where}: {shape}{pixels:,} pixels, over the limit of {limit:,} pixels that images are read at; "
+          f"downscale it first (e.g. to 8000 pixels on its long side)")
+
+
+def bomb_message(error: Exception, where: str) -> str:
+  """PIL's DecompressionBombError as size_message: its text names the pixel count, then the limit."""
+  numbers = [int(n) for n in re.findall(r"\d+", str(error))]
+  return size_message(where, numbers[0], numbers[1]) if len(numbers) >= 2 else f"{where}: {error}"
 
 
 def to_rgb8(image: Image.Image, where: str = "image") -> np.ndarray:

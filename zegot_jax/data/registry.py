@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
 from typing import Any, NamedTuple
 
+import numpy as np
 
 from zegot_jax.data.builders import BUILDERS, SegmentationBuilder
 from zegot_jax.data.classes import DatasetSpec
@@ -104,3 +106,19 @@ def partial_note(dataset: Dataset) -> str | None:
 def built_spec(dataset: Dataset) -> dict:
   """The metadata stored with the built dataset (classes, unseen, ignore index): what training trusts."""
   return dict(dataset.builder.info.metadata)
+
+
+def fingerprint(dataset: Dataset, split: str = "train", samples: int = 8) -> dict:
+  """What identifies a build's split cheaply: its record count and a sha256 of `samples` records spread over it
+  (every array's name, dtype, shape and bytes) and of its class list. Two builds of the same files agree; a build
+  of other images, another class list or another size does not. Reads `samples` records."""
+  source = dataset.splits[split]
+  n = len(source)
+  digest = hashlib.sha256(repr((list(dataset.spec.classes), list(dataset.spec.unseen))).encode())
+  for index in sorted({round(i * (n - 1) / max(samples - 1, 1)) for i in range(samples)} if n else ()):
+    record = source[index]
+    for key in sorted(record):
+      value = np.asarray(record[key])
+      digest.update(f"{index}/{key}/{value.dtype}/{value.shape}".encode())
+      digest.update(np.ascontiguousarray(value).tobytes())
+  return dict(split=split, examples=n, sha256=digest.hexdigest())

@@ -14,6 +14,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
+from zegot_jax import errors
 from zegot_jax.models import clip_checkpoint, prompts
 from zegot_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
 
@@ -38,10 +39,15 @@ def make_random_clip(directory: str | pathlib.Path, seed: int = 0) -> pathlib.Pa
   v = config.vision
   params = CLIP(config).init(jax.random.key(seed), jnp.zeros((1, v.image_size, v.image_size, 3)),
                              jnp.zeros((1, 4), jnp.int32))["params"]
-  directory.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=directory.name + ".", dir=directory.parent))
-  prompts.byte_level_tokenizer().save_pretrained(tmp)
-  clip_checkpoint.save_pretrained(params, config, tmp)
+  with errors.storage(f"could not write the tiny random CLIP to {directory}"):
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=directory.name + ".", dir=directory.parent))
+    try:
+      prompts.byte_level_tokenizer().save_pretrained(tmp)
+      clip_checkpoint.save_pretrained(params, config, tmp)
+    except BaseException:  # a full disk or a kill: no half-written copy is left behind
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
   try:
     os.rename(tmp, directory)
   except OSError:  # another process finished first: its copy is identical
