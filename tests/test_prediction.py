@@ -284,3 +284,14 @@ def test_an_image_over_the_pixel_limit_is_refused_before_decoding_naming_the_lim
   monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own guard refuses at open (over twice its limit)
   with pytest.raises(errors.UserError, match=r"scene\.png: 5,760 pixels, over the limit of 2,000 pixels"):
     prediction.read_image(image_path)
+
+
+@pytest.mark.parametrize("suffix,kind", [(".png", "PNG"), (".jpg", "JPEG")])
+def test_a_truncated_image_is_named_as_its_format_cut_short(suffix, kind, tmp_path):
+  whole = tmp_path / f"whole{suffix}"
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(whole)
+  cut = tmp_path / f"cut{suffix}"
+  cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+  with pytest.raises(errors.DamagedFileError, match=rf"cut\{suffix}: a {kind} file that cannot be decoded \(OSError: "
+                                                    r"image file is truncated.*\); it may be truncated"):
+    prediction.read_image(cut)

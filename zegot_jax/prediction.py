@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from zegot_jax import checkpoints, errors, metrics
 from zegot_jax.data import augment, images, registry
-from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError
+from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError, one_line
 from zegot_jax.models import prompts
 from zegot_jax.pictures import palette, resized
 from zegot_jax.segmenter import Segmenter
@@ -55,8 +55,10 @@ def read_image(path: str | pathlib.Path, name: str | None = None, max_pixels: in
   path = pathlib.Path(path)
   name = name or str(path)
   check_image_path(path, name)
+  kind = None  # the format PIL recognised, once it has
   try:
     with Image.open(path) as image:
+      kind = image.format
       images.check_pixels(image, name, max_pixels)
       image.load()
       return images.to_rgb8(ImageOps.exif_transpose(image), name)
@@ -64,13 +66,14 @@ def read_image(path: str | pathlib.Path, name: str | None = None, max_pixels: in
     raise
   except Image.DecompressionBombError as e:
     raise images.ImageSizeError(images.bomb_message(e, name)) from e
-  except OSError as e:
-    if not isinstance(e, Image.UnidentifiedImageError) and e.errno is not None:  # the file system, not the image
-      raise DamagedFileError(f"{name}: cannot be read ({e.strerror}); check the file and its permissions") from e
-    raise DamagedFileError(f"{name}: not a readable image ({type(e).__name__}); expected a PNG, JPEG, BMP, GIF, "
-                           f"TIFF or WebP file") from e
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many types for corrupt files)
-    raise DamagedFileError(f"{name}: not a readable image ({type(e).__name__}); expected a PNG, JPEG, BMP, GIF, "
+    if isinstance(e, OSError) and not isinstance(e, Image.UnidentifiedImageError) and e.errno is not None:
+      raise DamagedFileError(f"{name}: cannot be read ({e.strerror}); check the file and its permissions") from e
+    if kind is not None:  # recognised, but truncated or in a variant PIL cannot decode
+      raise DamagedFileError(f"{name}: a {kind} file that cannot be decoded ({type(e).__name__}: "
+                             f"{one_line(str(e))[:120]}); it may be truncated, or save it again as a PNG or JPEG") from e
+    why = "" if isinstance(e, Image.UnidentifiedImageError) else f": {one_line(str(e))[:120]}"
+    raise DamagedFileError(f"{name}: not a readable image ({type(e).__name__}{why}); expected a PNG, JPEG, BMP, GIF, "
                            f"TIFF or WebP file") from e
 
 
