@@ -2,6 +2,7 @@
 suite's dataset directory, and a trained smoke run."""
 
 import importlib.util
+import os
 import pathlib
 
 import jax
@@ -14,6 +15,22 @@ jax.config.update("jax_default_matmul_precision", "highest")
 import transformers  # noqa: E402  (the parity reference; torch comes with the `test` extra: no silent skip)
 
 from zegot_jax.models.clip_reference import random_torch_clip, save_with_tokenizer  # noqa: E402
+
+def pytest_addoption(parser):
+  parser.addoption("--runslow", action="store_true", default=False,
+                   help="also run the slow checks (marked slow: minutes each; ZEGOT_SLOW=1 does the same)")
+
+
+def pytest_collection_modifyitems(config, items):
+  """Slow checks (each a minute or more, each a repeat of a guarantee a faster test also covers in part) run only
+  with --runslow or ZEGOT_SLOW=1, so that the default suite stays under about 25 minutes on a 2-core CPU."""
+  if config.getoption("--runslow") or os.environ.get("ZEGOT_SLOW") == "1":
+    return
+  skip = pytest.mark.skip(reason="slow: run with --runslow (or ZEGOT_SLOW=1)")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
+
 
 # The byte-level tokenizer's special ids (prompts.byte_level_tokenizer).
 SOS, EOS = 512, 513

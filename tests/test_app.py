@@ -209,7 +209,7 @@ def test_the_server_refuses_an_upload_over_its_limit_with_a_message(page, tmp_pa
 def test_class_names_split_on_commas_and_new_lines_and_are_bounded():
   assert session_lib.parse_class_names("zigzag, dots\nstripes\n\n bricks ,plain") == ["zigzag", "dots", "stripes",
                                                                                       "bricks", "plain"]
-  with pytest.raises(session_lib.InputError, match=rf"65 class names: the app takes at most 64 per request"):
+  with pytest.raises(session_lib.InputError, match=r"65 class names: the app takes at most 64 per request"):
     session_lib.parse_class_names(",".join(f"c{k}" for k in range(65)))
   assert len(session_lib.parse_class_names(",".join(f"c{k}" for k in range(64)))) == session_lib.MAX_CLASSES == 64
 

@@ -99,6 +99,7 @@ def test_show_traceback_shows_it(tmp_path):
   assert done.returncode != 0 and "Traceback (most recent call last)" in done.stderr and "ConfigError" in done.stderr
 
 
+@pytest.mark.slow
 def test_a_single_field_overrides_a_variant(data_dir, tmp_path):
   """runlocal=True sets 2 prompts; --config.model.num_prompts=4 after it gives 4 (the trained context has 4)."""
   done = _cli("zegot_jax.train", "--config", RUNLOCAL, "--config.model.num_prompts=4", "--config.train.steps=1",
@@ -170,7 +171,7 @@ def _launch_env(tmp_path, data_dir):
   return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHON": PYTHON}
 
 
-@pytest.mark.parametrize("script", ["local.sh", "slurm.sbatch"])
+@pytest.mark.parametrize("script", ["local.sh", pytest.param("slurm.sbatch", marks=pytest.mark.slow)])
 def test_launch_scripts_pass_a_workdir_with_spaces_through(script, data_dir, tmp_path):
   workdir = tmp_path / "my runs" / "a 'quoted' run"
   args = ["--config", RUNLOCAL, f"--config.data_dir={data_dir}", "--config.train.steps=1",

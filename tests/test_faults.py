@@ -80,7 +80,7 @@ def test_a_diverging_run_never_saves_a_non_finite_state_and_restarts_with_a_lowe
   blown = [s for s in saved if s > 3]
   assert blown and all(checkpoints.health(_meta(tmp_path, s))[0] is False for s in blown)
   assert checkpoints.health(_meta(tmp_path, 3))[0] is True
-  assert f"restart from checkpoint 3 (max |θ| " in str(e.value) and "--restart_from=3 " in str(e.value)
+  assert "restart from checkpoint 3 (max |θ| " in str(e.value) and "--restart_from=3 " in str(e.value)
   assert f"skipped, finite but blown up: {blown[-1]} (max |θ| " in str(e.value)
 
   # Restarting from the step-3 checkpoint with the original learning rate continues exactly as if never stopped.
@@ -207,6 +207,7 @@ def _cli(*args, timeout=300):
   return subprocess.run([PYTHON, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_two_trainers_never_share_a_workdir(data_dir, tmp_path):
   args = ["zegot_jax.train", "--config", "configs/textures_zs3.py:runlocal=True", f"--config.data_dir={data_dir}",
           "--config.train.steps=100000", "--config.train.checkpoint_every=100000", "--workdir", str(tmp_path)]
@@ -240,6 +241,7 @@ def _logged_step(workdir: pathlib.Path) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_resumes_bit_identically(data_dir, tmp_path):
   """kill -9 at random moments while steps run and checkpoints are written (one every step, the oldest deleted),
   then the same command again, until the run finishes: the end state equals the uninterrupted run's, and every

@@ -13,7 +13,7 @@ LAYERS = [
     ["data"],
     ["models"],
     ["metrics", "selftrain", "config_lib", "segmenter", "from_config"],
-    ["pictures", "checkpoints"],
+    ["pictures", "checkpoints", "cli"],
     ["evaluation", "prediction"],
     ["trainer"],
     ["train", "evaluate", "predict", "tools", "demo", "app"],
@@ -26,9 +26,18 @@ def _unit(module: str) -> str:
   return module.split(".")[1]
 
 
+def _is_main_block(node: ast.AST) -> bool:
+  """`if __name__ == "__main__":`: the module run as a program, at the programs' layer (data/build.py's CLI)."""
+  test = getattr(node, "test", None)
+  return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+          and test.left.id == "__name__")
+
+
 def _imports(path: pathlib.Path) -> set[str]:
   found = set()
-  for node in ast.walk(ast.parse(path.read_text())):
+  tree = ast.parse(path.read_text())
+  tree.body = [node for node in tree.body if not _is_main_block(node)]
+  for node in ast.walk(tree):
     if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("zegot_jax"):
       if node.module == "zegot_jax":  # from zegot_jax import trainer, metrics
         found.update(f"zegot_jax.{a.name}" for a in node.names)

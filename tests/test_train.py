@@ -186,6 +186,7 @@ def test_eight_devices_equal_one_device(data_dir, tmp_path):
   np.testing.assert_allclose(losses(tmp_path / "eight"), losses(tmp_path / "one"), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_two_processes_train_to_identical_params(data_dir, tmp_path):
   with socket.socket() as s:
     s.bind(("localhost", 0))
@@ -245,7 +246,8 @@ def test_config_argument_and_override_typos_are_errors(tmp_path):
 
 
 def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
-  """The evaluate CLI reproduces the in-training evaluation exactly, numbers and pictures (eval.pictures)."""
+  """The evaluate CLI, given only the run's folder, reproduces the in-training evaluation exactly, numbers and
+  pictures (eval.pictures), and draws its pictures into a folder of its own, beside training's."""
   args = ["--config", "configs/textures_zs3.py:runlocal=True", f"--config.data_dir={data_dir}",
           "--config.eval.pictures=2", "--workdir", str(tmp_path)]
   trained = subprocess.run([PYTHON, "-m", "zegot_jax.train", *args], cwd=ROOT, capture_output=True, text=True,
@@ -254,10 +256,8 @@ def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
   assert "hIoU" in trained.stdout
   drawn = {p.name: p.read_bytes() for p in (tmp_path / "pictures").iterdir()}
   assert json.loads(drawn["pictures.json"])["step"] == 6 and len(drawn) == 4  # 2 rows, the figure, the index
-  for p in (tmp_path / "pictures").iterdir():
-    p.unlink()
-  evaluated = subprocess.run([PYTHON, "-m", "zegot_jax.evaluate", *args, "--max_examples=4"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=600)
+  evaluated = subprocess.run([PYTHON, "-m", "zegot_jax.evaluate", "--workdir", str(tmp_path), "--max_examples=4"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   result = json.loads((tmp_path / "eval_textures_zs3_validation_transductive_6_bias0_first4.json").read_text())
   logged = [r for r in _metrics(tmp_path) if "eval/hIoU" in r][-1]
@@ -265,5 +265,7 @@ def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
   for key in ("mIoU", "mIoU_seen", "mIoU_unseen", "hIoU"):
     assert result[key] == pytest.approx(logged[f"eval/{key}"], abs=1e-9)
   assert set(result["report"]["per_class"]) == set(result["report"]["split"])
-  # ... and the same pictures, drawn again from the checkpoint, to the byte.
-  assert {p.name: p.read_bytes() for p in (tmp_path / "pictures").iterdir()} == drawn
+  # ... and the same pictures, drawn again from the checkpoint, to the byte, in their own folder: training's stay.
+  own = tmp_path / "pictures" / "eval_textures_zs3_validation_transductive_6_bias0_first4"
+  assert {p.name: p.read_bytes() for p in own.iterdir()} == drawn
+  assert {p.name: p.read_bytes() for p in (tmp_path / "pictures").iterdir() if p.is_file()} == drawn

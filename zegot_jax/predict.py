@@ -29,7 +29,7 @@ import functools
 
 from absl import flags, logging
 
-from zegot_jax import config_lib, errors
+from zegot_jax import cli, config_lib, errors
 from zegot_jax.prediction import predict
 
 
@@ -64,4 +64,4 @@ def main(argv, f: dict):
 if __name__ == "__main__":
   _flags = _define_flags()
   flags.mark_flags_as_required(["workdir", "image", "classes"])
-  errors.run(functools.partial(main, f=_flags))
+  cli.run(functools.partial(main, f=_flags))

@@ -19,7 +19,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from zegot_jax import errors, from_config, metrics, trainer
+from zegot_jax import cli, from_config, metrics, trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "config file, e.g. configs/voc12_zs3.py[:variants]",
                                           lock_config=True)
@@ -43,4 +43,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  errors.run(main)
+  cli.run(main)

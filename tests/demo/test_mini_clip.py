@@ -135,6 +135,7 @@ def _flat(tree) -> dict[str, np.ndarray]:
   return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+@pytest.mark.slow
 def test_pretraining_reproduces_the_shipped_run():
   """The first 100 steps of the shipped settings give the shipped run's recorded loss, step by step. The whole
   run (ZEGOT_SLOW=1) must give the shipped weights."""

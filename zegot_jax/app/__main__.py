@@ -22,7 +22,7 @@ import time
 
 from absl import flags, logging
 
-from zegot_jax import config_lib, errors
+from zegot_jax import cli, config_lib
 from zegot_jax.errors import ConfigError
 
 
@@ -124,4 +124,4 @@ def main(argv, f: dict):
 if __name__ == "__main__":
   _flags = _define_flags()
   flags.mark_flags_as_required(["workdir"])
-  errors.run(functools.partial(main, f=_flags))
+  cli.run(functools.partial(main, f=_flags))

@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags
 from PIL import Image
 
-from zegot_jax import errors
+from zegot_jax import cli
 from zegot_jax.app import browser
 from zegot_jax.data import textures
 from zegot_jax.errors import ConfigError
@@ -81,4 +81,4 @@ def main(argv, f: dict):
 if __name__ == "__main__":
   _flags = _define_flags()
   flags.mark_flags_as_required(["workdir"])
-  errors.run(functools.partial(main, f=_flags))
+  cli.run(functools.partial(main, f=_flags))

@@ -65,10 +65,12 @@ def main(argv, f: dict):
 
 
 if __name__ == "__main__":
+  from zegot_jax import cli  # pylint: disable=g-import-not-at-top  (the programs' runner: a layer above data/)
+
   _flags = dict(
       data_dir=flags.DEFINE_string("data_dir", str(pathlib.Path.home() / "tensorflow_datasets"),
                                    "where the built dataset is written"),
       manual_dir=flags.DEFINE_string("manual_dir", None, "where the downloaded files are (not for textures_zs3)"),
       allow_partial=flags.DEFINE_bool("allow_partial", False, "accept split sizes other than the official ones"),
       overwrite=flags.DEFINE_bool("overwrite", False, "rebuild a dataset that is already built"))
-  errors.run(functools.partial(main, f=_flags), positional=1)
+  cli.run(functools.partial(main, f=_flags), positional=1)

@@ -17,7 +17,7 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
-from zegot_jax import errors, evaluation, metrics, trainer
+from zegot_jax import cli, evaluation, metrics, trainer
 from zegot_jax.demo import results
 
 DEFAULT_CONFIG = "configs/demo.py"
@@ -72,4 +72,4 @@ if __name__ == "__main__":
     print(f"error: {DEFAULT_CONFIG} not found: run from the repository root, or pass --config PATH/configs/demo.py",
           file=sys.stderr)
     sys.exit(2)
-  errors.run(functools.partial(main, f=_flags))
+  cli.run(functools.partial(main, f=_flags))

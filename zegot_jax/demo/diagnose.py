@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from zegot_jax import checkpoints, config_lib, errors, evaluation, from_config, metrics
+from zegot_jax import checkpoints, cli, config_lib, evaluation, from_config, metrics
 from zegot_jax.demo import results
 from zegot_jax.models import zegot
 
@@ -143,4 +143,4 @@ if __name__ == "__main__":
                 step=flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)"),
                 split=flags.DEFINE_string("split", None, "split (default: the config's evaluation split)"),
                 json=flags.DEFINE_string("json", None, "also write the measurements to this JSON file"))
-  errors.run(functools.partial(main, f=_flags))
+  cli.run(functools.partial(main, f=_flags))

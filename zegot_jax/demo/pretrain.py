@@ -38,7 +38,7 @@ import optax
 from absl import flags
 from tqdm import tqdm
 
-from zegot_jax import errors
+from zegot_jax import cli, errors
 from zegot_jax.data import textures
 from zegot_jax.demo import mini_clip, probe
 from zegot_jax.models import clip_checkpoint, prompts
@@ -267,4 +267,4 @@ def main(argv, f: dict):
 
 if __name__ == "__main__":
   _flags = _define_flags()
-  errors.run(functools.partial(main, f=_flags))
+  cli.run(functools.partial(main, f=_flags))

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from absl import flags
 
-from zegot_jax import errors, metrics
+from zegot_jax import cli, metrics
 from zegot_jax.data import textures
 from zegot_jax.models import prompts
 from zegot_jax.models.clip import CLIP, normalize_image
@@ -214,4 +214,4 @@ def main(argv, f: dict):
 if __name__ == "__main__":
   _flags = dict(clip=flags.DEFINE_string("clip", None, "checkpoint directory (default: the shipped mini-CLIP)"),
                 write=flags.DEFINE_bool("write", False, "write knowledge.json into the checkpoint directory"))
-  errors.run(functools.partial(main, f=_flags))
+  cli.run(functools.partial(main, f=_flags))

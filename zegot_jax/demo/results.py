@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from zegot_jax import checkpoints, config_lib, errors, evaluation, trainer
+from zegot_jax import checkpoints, cli, config_lib, evaluation, trainer
 
 METRICS = ("mIoU_seen", "mIoU_unseen", "hIoU")
 ROWS = {  # row → (title, config overrides; None: the untrained baseline)
@@ -132,4 +132,4 @@ if __name__ == "__main__":  # flags defined only when run as a program: importin
                 seeds=flags.DEFINE_list("seeds", ["0", "1", "2"], "training seeds"),
                 config=flags.DEFINE_string("config", "configs/demo.py", "the demo config file"),
                 steps=flags.DEFINE_integer("steps", None, "override train.steps (default: the config's)"))
-  errors.run(functools.partial(main, f=_flags))
+  cli.run(functools.partial(main, f=_flags))

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from zegot_jax import errors
+from zegot_jax import cli
 from zegot_jax.models import attention
 from zegot_jax.models.clip import CLIP, vit_b16_config
 from zegot_jax.models.clip_reference import BFLOAT16_TOLERANCE
@@ -151,4 +151,4 @@ def compare(image_size: int = 512, batch: int = 4, texts: int = 80, calls: int =
 
 
 if __name__ == "__main__":
-  errors.run(functools.partial(main, f=define_flags()))
+  cli.run(functools.partial(main, f=define_flags()))

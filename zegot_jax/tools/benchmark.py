@@ -40,7 +40,7 @@ import optax
 from absl import flags
 from ml_collections import config_flags
 
-from zegot_jax import errors, selftrain, trainer
+from zegot_jax import cli, errors, selftrain, trainer
 from zegot_jax.data import photometric
 from zegot_jax.models.losses import segmentation_loss
 from zegot_jax.tools import profile_parts
@@ -272,4 +272,4 @@ def main(argv):
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  errors.run(main)
+  cli.run(main)

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from zegot_jax import errors
+from zegot_jax import cli, errors
 from zegot_jax.models import attention, clip_checkpoint, prompts
 from zegot_jax.models.clip import CLIP
 from zegot_jax.models.clip_reference import random_torch_clip, save_with_tokenizer
@@ -383,4 +383,4 @@ def matmul_table(torch, device, dtype_names: list[str], shapes: list[str], repea
 
 
 if __name__ == "__main__":
-  errors.run(functools.partial(main, f=define_flags()))
+  cli.run(functools.partial(main, f=define_flags()))

@@ -43,7 +43,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 from tqdm import tqdm
 
-from zegot_jax import errors
+from zegot_jax import cli, errors
 from zegot_jax.data import augment, build, pipeline, registry
 from zegot_jax.data.classes import IGNORE_INDEX
 from zegot_jax.tools import make_benchmark_data
@@ -257,4 +257,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  cli.run(main)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from absl import flags
 
-from zegot_jax import errors
+from zegot_jax import cli
 from zegot_jax.models.mpot import SinkhornConfig, mpot_refine
 
 _CLASSES = flags.DEFINE_integer("classes", 20, "K, classes per image", lower_bound=1)
@@ -59,4 +59,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  cli.run(main)

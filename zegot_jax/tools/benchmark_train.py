@@ -54,7 +54,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from zegot_jax import config_lib, errors, from_config, trainer
+from zegot_jax import cli, config_lib, errors, from_config, trainer
 from zegot_jax.data import build, registry
 from zegot_jax.data.builders import BUILDERS
 from zegot_jax.data.classes import DatasetSpec
@@ -404,4 +404,4 @@ def main(argv, f: dict[str, flags.FlagHolder]):
 
 
 if __name__ == "__main__":
-  errors.run(functools.partial(main, f=define_flags()))
+  cli.run(functools.partial(main, f=define_flags()))

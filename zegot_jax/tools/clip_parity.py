@@ -18,7 +18,7 @@ import tempfile
 import jax.numpy as jnp
 from absl import flags
 
-from zegot_jax import errors
+from zegot_jax import cli
 from zegot_jax.models import clip_checkpoint, prompts
 from zegot_jax.models.clip_reference import (BFLOAT16_TOLERANCE, FLOAT32_TOLERANCE, compare_checkpoint, group_errors,
                                              random_torch_clip, save_with_tokenizer)
@@ -77,4 +77,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  errors.run(main)
+  cli.run(main)

@@ -38,7 +38,7 @@ import numpy as np
 from absl import flags
 from PIL import Image, ImageDraw, ImageFilter
 
-from zegot_jax import errors
+from zegot_jax import cli, errors
 from zegot_jax.data.classes import COCO_UNUSED_IDS0, IGNORE_INDEX
 
 DATASETS = ("voc12_zs3", "coco_stuff171_zs3")
@@ -297,4 +297,4 @@ if __name__ == "__main__":
                                       lower_bound=1),
       seed=flags.DEFINE_integer("seed", 0, "everything written is a function of the seed"))
   flags.mark_flags_as_required(["dataset", "out"])
-  errors.run(functools.partial(main, f=_flags))
+  cli.run(functools.partial(main, f=_flags))
