@@ -295,3 +295,45 @@ def test_a_truncated_image_is_named_as_its_format_cut_short(suffix, kind, tmp_pa
   with pytest.raises(errors.DamagedFileError, match=rf"cut\{suffix}: a {kind} file that cannot be decoded \(OSError: "
                                                     r"image file is truncated.*\); it may be truncated"):
     prediction.read_image(cut)
+
+
+def test_a_folder_and_a_pattern_are_segmented_image_by_image_with_one_table(run, image_path, tmp_path):
+  """Folder + pattern + a repeated file: each image once, in its own folder, with the labels predict gives it
+  alone; a file that is not an image is recorded in the table and the others go on."""
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  (photos / "sub").mkdir()  # not looked into
+  Image.open(image_path).save(photos / "a.png")
+  Image.open(image_path).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "b.jpg")
+  (photos / "notes.txt").write_text("not an image, not an image suffix")
+  (photos / "c.png").write_text("not an image either")
+  names = ["star", "ring", "cross"]
+  batch = prediction.predict_many(run, [photos, str(photos / "*.png"), photos / "a.png"], names,
+                                  out=tmp_path / "out", progress=False)
+  assert [pathlib.Path(r["image"]).name for r in batch["rows"]] == ["a.png", "b.jpg", "c.png"]
+  assert batch["failed"] == 1 and "c.png: not a readable image" in batch["rows"][2]["error"]
+  table = [json.loads(line) for line in pathlib.Path(batch["table"]).read_text().splitlines()]
+  assert table == batch["rows"] and pathlib.Path(batch["table"]).parent == tmp_path / "out"
+  for row in batch["rows"][:2]:
+    alone = prediction.predict(run, row["image"], names, out=tmp_path / "alone" / pathlib.Path(row["image"]).stem)
+    np.testing.assert_array_equal(np.asarray(Image.open(pathlib.Path(row["out"]) / "labels.png")),
+                                  np.asarray(Image.open(pathlib.Path(alone["out"]) / "labels.png")))
+    assert row["coverage"] == alone["coverage"] and pathlib.Path(row["out"]).parent == tmp_path / "out"
+  with pytest.raises(errors.MissingFileError, match=r"the folder holds no image files"):
+    prediction.predict_many(run, [photos / "sub"], names)
+  with pytest.raises(errors.MissingFileError, match=r"the pattern matches no file"):
+    prediction.predict_many(run, [str(photos / "*.gif")], names)
+
+
+def test_the_cli_takes_a_folder_and_exits_2_naming_the_images_it_could_not_read(run, image_path, tmp_path):
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  Image.open(image_path).save(photos / "a.png")
+  (photos / "broken.png").write_bytes(b"\x89PNG not really")
+  done = subprocess.run([sys.executable, "-m", "zegot_jax.predict", "--workdir", str(run), "--image", str(photos),
+                         "--classes", "star,ring", "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert f"{photos / 'broken.png'}: {photos / 'broken.png'}: not a readable image" in done.stdout
+  assert "2 images, table: " in done.stdout and (tmp_path / "out").is_dir()
+  assert done.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 images could not be segmented")

@@ -2,6 +2,14 @@ r"""Segments any image with any list of class names, using a trained run.
 
   python -m zegot_jax.predict --workdir runs/demo --image photo.png --classes "star,ring,cat"
   python -m zegot_jax.predict --workdir runs/voc --image street.jpg --classes "car,person,tree" --threshold 0.3
+  python -m zegot_jax.predict --workdir runs/voc --image holidays/ --image 'shots/*.jpg' --classes "car,person,sky"
+
+--image takes a file, a folder (its image files, not its subfolders) or a quoted pattern, and may be repeated.
+One image: its files go to --out. Several (a folder, a pattern, a repeated flag): the model is loaded once, a
+progress bar runs, each image gets its own folder <--out or <workdir>/predictions>/<image name>-<hash>/, and one
+table of the batch, a JSON line per image (its folder and each class's share, or why it could not be read), goes
+to predict_<time>.jsonl beside them; an image that cannot be read is recorded and the others go on (exit code 2
+at the end, naming how many failed).
 
 Writes, in --out (default: <workdir>/predictions/<image name>-<8 hex digits of its full path>/, so that two
 images of the same name never share a directory):
@@ -13,8 +21,9 @@ images of the same name never share a directory):
 --out must be new, empty, or a folder predict wrote before: a rerun replaces only predict's own files there (the
 ones its summary.json lists); a folder holding anything else is refused, so nothing of yours is overwritten.
 
---max_side N downscales an image whose long side is over N pixels first (the app does so at 1024), so the outputs
-have the downscaled size; without it the image is segmented at its full size.
+--max_side N (default 2048; 0: full size) downscales an image whose long side is over N pixels first (the app does
+so at 1024), so the outputs have the downscaled size. At full size a 6000×4000 photo took 23.8 s and 2.5 GB and
+wrote a 22.7 MB overlay (2-core CPU, 2026-12-04).
 
 The run's config is read from <workdir>/config.json (written by training) unless --config is given. The image is
 resized so its short side is the run's input size, segmented with sliding windows, and the per-class sigmoid
@@ -26,23 +35,27 @@ pixels) are refused before decoding.
 from __future__ import annotations
 
 import functools
+import glob
+import pathlib
 
 from absl import flags, logging
 
 from zegot_jax import cli, config_lib, errors
-from zegot_jax.prediction import predict
+from zegot_jax.prediction import predict, predict_many
 
 
 def _define_flags() -> dict:
   """The CLI's flags, defined only when run as a program (so that importing this module defines none)."""
   return dict(
       workdir=flags.DEFINE_string("workdir", None, "a training run's directory"),
-      image=flags.DEFINE_string("image", None, "the image to segment"),
+      image=flags.DEFINE_multi_string("image", None, "an image file, a folder of them or a quoted pattern; repeatable"),
       classes=flags.DEFINE_list("classes", None, "comma-separated class names, e.g. 'star,ring,cat'"),
       threshold=flags.DEFINE_float("threshold", 0.0, "pixels whose best class probability is below stay unassigned"),
       step=flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)"),
-      max_side=flags.DEFINE_integer("max_side", None, "downscale images whose long side is over this many pixels"),
-      out=flags.DEFINE_string("out", None, "output directory (default: <workdir>/predictions/<image name>-<hash>)"),
+      max_side=flags.DEFINE_integer("max_side", 2048, "downscale images whose long side is over this many pixels "
+                                    "(0: segment at full size)"),
+      out=flags.DEFINE_string("out", None, "output folder (default: <workdir>/predictions/<image name>-<hash>); "
+                              "several images: one folder per image inside it"),
       config=flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)"),
   )
 
@@ -54,11 +67,26 @@ def main(argv, f: dict):
   if f["config"].value:
     config = config_lib.load_config(f["config"].value)
   workdir = errors.path_flag(f["workdir"].value, "--workdir", "runs/demo")
-  summary = predict(workdir, errors.path_flag(f["image"].value, "--image", "photo.jpg"), f["classes"].value, config=config, step=f["step"].value,
-                    threshold=f["threshold"].value, out=f["out"].value, max_side=f["max_side"].value)
-  for name, share in sorted(summary["coverage"].items(), key=lambda kv: -kv[1]):
-    print(f"{name:<24} {100 * share:6.2f}%")
-  print(f"unassigned               {100 * summary['unassigned']:6.2f}%\nwritten to {summary['out']}")
+  inputs = [str(errors.path_flag(i, "--image", "photo.jpg")) for i in f["image"].value]
+  options = dict(config=config, step=f["step"].value, threshold=f["threshold"].value, out=f["out"].value,
+                 max_side=f["max_side"].value or None)
+  if len(inputs) == 1 and not glob.has_magic(inputs[0]) and not pathlib.Path(inputs[0]).is_dir():
+    summary = predict(workdir, inputs[0], f["classes"].value, **options)
+    for name, share in sorted(summary["coverage"].items(), key=lambda kv: -kv[1]):
+      print(f"{name:<24} {100 * share:6.2f}%")
+    print(f"unassigned               {100 * summary['unassigned']:6.2f}%\nwritten to {summary['out']}")
+    return
+  batch = predict_many(workdir, inputs, f["classes"].value, **options)
+  for row in batch["rows"]:
+    if "error" in row:
+      print(f"{row['image']}: {row['error']}")
+    else:
+      top, share = max(row["coverage"].items(), key=lambda kv: kv[1])
+      print(f"{row['image']}: {top} {100 * share:.1f}% (largest) → {row['out']}")
+  print(f"{len(batch['rows'])} images, table: {batch['table']}")
+  if batch["failed"]:
+    raise errors.UserError(f"{batch['failed']} of {len(batch['rows'])} images could not be segmented; each is named "
+                           f"above and in {batch['table']}")
 
 
 if __name__ == "__main__":

@@ -12,17 +12,20 @@ files that predict writes and the app shows.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import hashlib
 import json
 import os
 import pathlib
 import re
+import time
 from collections.abc import Sequence
 
 import jax
 import ml_collections
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+from tqdm import tqdm
 
 from zegot_jax import checkpoints, errors, metrics
 from zegot_jax.data import augment, images, registry
@@ -307,7 +310,7 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
   workdir = pathlib.Path(workdir).expanduser()
   threshold = check_threshold(threshold)
   if max_side is not None and max_side < 1:
-    raise ConfigError(f"--max_side={max_side}: expected a positive number of pixels (or no flag: full size)")
+    raise ConfigError(f"--max_side={max_side}: expected a positive number of pixels (0: full size)")
   config = config or checkpoints.read_run_config(workdir)
   where = "--out" if out else "the output folder (another one: --out)"
   out = pathlib.Path(out).expanduser() if out else output_dir(workdir, image_path)
@@ -321,3 +324,71 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
   except ClassNamesError as e:
     raise ConfigError(f"--classes: {e}; give comma-separated names, e.g. --classes 'cat,grass,sky'") from e
   return write_outputs(segmentation, out, threshold, where, image=str(image_path), step=predictor.step)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def expand_images(inputs: Sequence[str | pathlib.Path]) -> list[pathlib.Path]:
+  """The image files that `inputs` name, in order, each once: a file as given; a folder's image files (by suffix,
+  not its subfolders), sorted; a glob pattern's matches, sorted. ConfigError naming an input that names none."""
+  found: dict[pathlib.Path, None] = {}
+  for given in inputs:
+    text = str(given)
+    if glob.has_magic(text):
+      matches = sorted(pathlib.Path(p) for p in glob.glob(os.path.expanduser(text)) if os.path.isfile(p))
+      if not matches:
+        raise MissingFileError(f"--image={text}: the pattern matches no file; quote it so the shell leaves it to "
+                               f"predict, or give files or a folder")
+    elif (path := pathlib.Path(text).expanduser()).is_dir():
+      matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+      if not matches:
+        raise MissingFileError(f"--image={text}: the folder holds no image files (looked for "
+                               f"{', '.join(IMAGE_SUFFIXES)}); give image files, a folder of them or a pattern")
+    else:
+      matches = [path]
+    found.update(dict.fromkeys(matches))
+  return list(found)
+
+
+def predict_many(workdir: str | pathlib.Path, inputs: Sequence[str | pathlib.Path], class_names: list[str], *,
+                 config: ml_collections.ConfigDict | None = None, step: int | None = None, threshold: float = 0.0,
+                 out: str | pathlib.Path | None = None, max_side: int | None = None,
+                 progress: bool = True) -> dict:
+  """Segments every image that `inputs` name (files, folders, patterns: expand_images) with one model load; each
+  image's files go to its own folder (<out or <workdir>/predictions>/<name>-<hash of its path>/), and one table of
+  the batch, a JSON line per image (its folder and shares, or why it could not be segmented), to
+  <that root>/predict_<time>.jsonl. An image that cannot be read is recorded and the others go on. Returns
+  {"rows", "table", "failed"}."""
+  workdir = pathlib.Path(workdir).expanduser()
+  threshold = check_threshold(threshold)
+  if max_side is not None and max_side < 1:
+    raise ConfigError(f"--max_side={max_side}: expected a positive number of pixels (0: full size)")
+  config = config or checkpoints.read_run_config(workdir)
+  try:
+    names = check_class_names(class_names or [])
+    label_dtype(len(names))
+  except ClassNamesError as e:
+    raise ConfigError(f"--classes: {e}; give comma-separated names, e.g. --classes 'cat,grass,sky'") from e
+  paths = expand_images(inputs)
+  root = pathlib.Path(out).expanduser() if out else workdir / "predictions"
+  where = "--out" if out else "the output folder (another one: --out)"
+  if root.exists() and not root.is_dir():
+    raise OutputFolderError(f"{_named(where, root)} is a file; give a folder (it is created if missing)")
+  predictor = Predictor(workdir, config, step)
+  rows = []
+  for path in tqdm(paths, desc="predict", unit="image", disable=not progress, dynamic_ncols=True):
+    folder = root / output_dir(workdir, path).name
+    try:
+      image = fit_within(read_image(path), max_side)
+      summary = write_outputs(predictor.segment(image, names), folder, threshold, where, image=str(path),
+                              step=predictor.step)
+      rows.append(dict(image=str(path), out=str(folder), size=summary["size"], unassigned=summary["unassigned"],
+                       coverage=summary["coverage"]))
+    except errors.UserError as e:
+      rows.append(dict(image=str(path), error=one_line(str(e))))
+  table = root / f"predict_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}.jsonl"
+  with errors.storage(f"{_named(where, root)}: could not write the batch's table"):
+    root.mkdir(parents=True, exist_ok=True)
+    table.write_text("".join(json.dumps(row) + "\n" for row in rows))
+  return dict(rows=rows, table=str(table), failed=sum("error" in row for row in rows))

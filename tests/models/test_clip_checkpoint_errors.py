@@ -1,6 +1,7 @@
 """Bad checkpoints fail with a message that names the file or field and what was expected."""
 
 import builtins
+import errno
 import json
 import shutil
 
@@ -119,3 +120,22 @@ def test_feature_layers_out_of_range(make_checkpoint):
   with pytest.raises(ValueError, match=r"feature layer 4 is outside 1\.\.3"):
     loaded.model.apply({"params": loaded.params}, jnp.zeros((1, 32, 32, 3)), feature_layers=(3, 4),
                        method="encode_image")
+
+
+def test_a_full_disk_while_writing_the_tiny_clip_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+  from zegot_jax import errors  # pylint: disable=import-outside-toplevel
+  from zegot_jax.models import tiny_clip  # pylint: disable=import-outside-toplevel
+
+  save = clip_checkpoint.save_pretrained
+
+  def full(params, config, directory):
+    save(params, config, directory)  # some files written, then the disk is full
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+  monkeypatch.setattr(clip_checkpoint, "save_pretrained", full)
+  with pytest.raises(errors.StorageError, match=rf"could not write the tiny random CLIP to {tmp_path / 'clip'}: No "
+                                                r"space left on device; free space"):
+    tiny_clip.make_random_clip(tmp_path / "clip")
+  assert list(tmp_path.iterdir()) == []  # no half-written copy, no temporary directory
+  monkeypatch.setattr(clip_checkpoint, "save_pretrained", save)
+  assert (tiny_clip.make_random_clip(tmp_path / "clip") / "config.json").is_file()
