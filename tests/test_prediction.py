@@ -4,6 +4,7 @@ import errno
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -337,3 +338,19 @@ def test_the_cli_takes_a_folder_and_exits_2_naming_the_images_it_could_not_read(
   assert f"{photos / 'broken.png'}: {photos / 'broken.png'}: not a readable image" in done.stdout
   assert "2 images, table: " in done.stdout and (tmp_path / "out").is_dir()
   assert done.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 images could not be segmented")
+
+
+def test_a_closed_vocabulary_names_the_words_the_model_lacks(run, image_path, tmp_path):
+  """The smoke run's random CLIP has no vocabulary.json (open: nothing is flagged); the same run with one names each
+  unknown word in the summary, and still segments, with the same labels."""
+  names = ["star ring", "car", "sun"]
+  open_summary = prediction.predict(run, image_path, names, out=tmp_path / "open")
+  assert open_summary["unknown_words"] == []
+  closed = tmp_path / "closed_run"
+  shutil.copytree(run, closed)
+  (closed / "random_tiny_clip" / "vocabulary.json").write_text(json.dumps({"words": ["star", "ring", "sun"]}))
+  predictor = prediction.Predictor(closed)
+  assert "knows only the 3 words it was trained on: star, ring, sun" in predictor.describe_model()
+  summary = prediction.predict(closed, image_path, names, out=tmp_path / "closed")
+  assert summary["unknown_words"] == ["car"]
+  assert summary["coverage"] == open_summary["coverage"]

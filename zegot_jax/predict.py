@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import glob
 import pathlib
+import sys
 
 from absl import flags, logging
 
@@ -60,6 +61,12 @@ def _define_flags() -> dict:
   )
 
 
+def _warn_unknown(words: list[str]) -> None:
+  if words:
+    print(f"warning: {', '.join(repr(w) for w in words)} unknown to this model (its CLIP has a closed vocabulary, "
+          f"listed in its vocabulary.json): segmented, but these words mean nothing to it", file=sys.stderr)
+
+
 def main(argv, f: dict):
   del argv
   logging.set_verbosity(logging.WARNING)
@@ -72,11 +79,13 @@ def main(argv, f: dict):
                  max_side=f["max_side"].value or None)
   if len(inputs) == 1 and not glob.has_magic(inputs[0]) and not pathlib.Path(inputs[0]).is_dir():
     summary = predict(workdir, inputs[0], f["classes"].value, **options)
+    _warn_unknown(summary["unknown_words"])
     for name, share in sorted(summary["coverage"].items(), key=lambda kv: -kv[1]):
       print(f"{name:<24} {100 * share:6.2f}%")
     print(f"unassigned               {100 * summary['unassigned']:6.2f}%\nwritten to {summary['out']}")
     return
   batch = predict_many(workdir, inputs, f["classes"].value, **options)
+  _warn_unknown(batch["unknown_words"])
   for row in batch["rows"]:
     if "error" in row:
       print(f"{row['image']}: {row['error']}")

@@ -263,7 +263,21 @@ class Predictor:
     self.config = config or checkpoints.read_run_config(self.workdir)
     self.run = checkpoints.load_run(self.workdir, self.config, step)
     self.spec = registry.make_builder(self.config.dataset, pathlib.Path(self.config.data_dir).expanduser()).spec
+    self.vocabulary = prompts.closed_vocabulary(self.run.tokenizer)  # None: an open vocabulary (a real CLIP)
     self._segmenter: Segmenter | None = None
+
+  def unknown_words(self, class_names: Sequence[str]) -> list[str]:
+    """Words of the class names this model's closed vocabulary lacks (they are segmented, but mean nothing to it)."""
+    return prompts.unknown_words(class_names, self.vocabulary)
+
+  def describe_model(self) -> str:
+    """Which text encoder is loaded and what words it knows, in one sentence."""
+    path = pathlib.Path(getattr(self.run.tokenizer, "name_or_path", "") or "?")
+    if self.vocabulary is None:
+      return f"Its CLIP ({path.name}) reads any English words."
+    return (f"Its CLIP ({path.name}) knows only the {len(self.vocabulary)} words it was trained on: "
+            f"{', '.join(self.vocabulary)}; other words are segmented but mean nothing to it (train with a real "
+            f"CLIP for open vocabularies).")
 
   @property
   def step(self) -> int:
@@ -323,7 +337,8 @@ def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_n
     segmentation = predictor.segment(image, names)
   except ClassNamesError as e:
     raise ConfigError(f"--classes: {e}; give comma-separated names, e.g. --classes 'cat,grass,sky'") from e
-  return write_outputs(segmentation, out, threshold, where, image=str(image_path), step=predictor.step)
+  return write_outputs(segmentation, out, threshold, where, image=str(image_path), step=predictor.step,
+                       unknown_words=predictor.unknown_words(names))
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -382,7 +397,7 @@ def predict_many(workdir: str | pathlib.Path, inputs: Sequence[str | pathlib.Pat
     try:
       image = fit_within(read_image(path), max_side)
       summary = write_outputs(predictor.segment(image, names), folder, threshold, where, image=str(path),
-                              step=predictor.step)
+                              step=predictor.step, unknown_words=predictor.unknown_words(names))
       rows.append(dict(image=str(path), out=str(folder), size=summary["size"], unassigned=summary["unassigned"],
                        coverage=summary["coverage"]))
     except errors.UserError as e:
@@ -391,4 +406,5 @@ def predict_many(workdir: str | pathlib.Path, inputs: Sequence[str | pathlib.Pat
   with errors.storage(f"{_named(where, root)}: could not write the batch's table"):
     root.mkdir(parents=True, exist_ok=True)
     table.write_text("".join(json.dumps(row) + "\n" for row in rows))
-  return dict(rows=rows, table=str(table), failed=sum("error" in row for row in rows))
+  return dict(rows=rows, table=str(table), failed=sum("error" in row for row in rows),
+              unknown_words=predictor.unknown_words(names))

@@ -152,3 +152,16 @@ def test_pretraining_reproduces_the_shipped_run():
   _, _, _, again = pretrain.train(**settings, stop_after=100)
   assert len(again["loss"]) == 100
   assert again["loss"] == pytest.approx(report["loss"][:100], rel=1e-4)
+
+
+def test_the_shipped_vocabulary_is_every_caption_word_each_one_token(shipped):
+  """vocabulary.json (what predict and the app call the model's closed vocabulary) is what pretraining writes, and
+  each of its words is one token of the shipped tokenizer; a word outside it is spelled out in pieces."""
+  assert json.loads((mini_clip.shipped_path() / prompts.VOCABULARY_FILE).read_text()) == mini_clip.vocabulary()
+  tokenizer = prompts.load_tokenizer(mini_clip.shipped_path())
+  words = prompts.closed_vocabulary(tokenizer)
+  assert words == textures.caption_words()
+  assert all(len(tokenizer(w, add_special_tokens=False)["input_ids"]) == 1 for w in words)
+  assert len(tokenizer("car", add_special_tokens=False)["input_ids"]) > 1
+  assert prompts.unknown_words(["red zigzag", "Car", "sky", "car"], words) == ["car", "sky"]
+  assert prompts.unknown_words(["car"], None) == []  # an open vocabulary knows every word

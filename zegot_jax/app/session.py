@@ -107,8 +107,9 @@ class Session:
     spec, step = self.predictor.spec, self.predictor.step
     seen = [n for k, n in enumerate(spec.classes) if k not in spec.unseen]
     unseen = [spec.classes[k] for k in spec.unseen]
-    return (f"Run `{self.predictor.workdir}`, step {step}, trained on `{spec.name}`. Any class names work; "
-            f"the dataset's are marked: seen (labelled in training): {', '.join(seen)}; unseen (never labelled): "
+    return (f"Run `{self.predictor.workdir}`, step {step}, trained on `{spec.name}`. "
+            f"{self.predictor.describe_model()} The dataset's classes are marked: seen (labelled in training): "
+            f"{', '.join(seen)}; unseen (never labelled): "
             f"{', '.join(unseen)}. Images over {self.max_side} px are downscaled to {self.max_side} px. Limits per "
             f"request: {MAX_UPLOAD_MB} MB per file, {MAX_PIXELS // 1_000_000} megapixels, {MAX_CLASSES} classes.")
 
@@ -181,6 +182,9 @@ class Session:
       summary = prediction.write_outputs(kept.segmentation, out, threshold, image=name, step=self.predictor.step)
       shown = shown if shown in names else self._first_shown(summary)
       maps = self._draw_score_maps(kept, names.index(shown), out)
+    unknown = self.predictor.unknown_words(names)
+    if unknown:
+      note += f"; unknown to this model: {', '.join(unknown)} (segmented, but they mean nothing to it)"
     shares = {self.tag(n): share for n, share in summary["coverage"].items() if share > 0}
     if summary["unassigned"] > 0:
       shares["unassigned"] = summary["unassigned"]

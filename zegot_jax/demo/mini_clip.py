@@ -17,6 +17,13 @@ IMAGE_SIZE = 64  # pretraining resolution; the demo segments at this size too
 PATCH_SIZE = 8  # an 8×8 grid of patches at IMAGE_SIZE
 
 
+def vocabulary() -> dict:
+  """vocabulary.json of the checkpoint: its closed vocabulary (prompts.closed_vocabulary), the caption words."""
+  return dict(words=list(textures.caption_words()),
+              note="the only words the mini-CLIP was pretrained on (textures.caption_words()); any other word is "
+                   "spelled out by its tokenizer and means nothing to it")
+
+
 def shipped_path() -> pathlib.Path:
   """The checkpoint directory inside the installed package."""
   return pathlib.Path(__file__).resolve().parent / "mini_clip"

@@ -225,6 +225,7 @@ def pretrain(out: str | os.PathLike, **settings) -> pathlib.Path:
     tokenizer.save_pretrained(tmp)
     (tmp / "pretraining.json").write_text(json.dumps(report, indent=1) + "\n")
     (tmp / "knowledge.json").write_text(json.dumps(knowledge, indent=1) + "\n")
+    (tmp / prompts.VOCABULARY_FILE).write_text(json.dumps(mini_clip.vocabulary(), indent=1) + "\n")
     for f in tmp.iterdir():
       f.chmod(0o644)
     os.rename(tmp, out)

@@ -8,6 +8,7 @@ make this a large saving) and `encode_prompts` gives the same embeddings as at 7
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections.abc import Sequence
@@ -34,6 +35,29 @@ def load_tokenizer(directory: str | os.PathLike):
     raise FileNotFoundError(f"{directory} has no tokenizer: expected tokenizer.json (or vocab.json + merges.txt) "
                             f"as written by CLIPTokenizer.save_pretrained")
   return transformers.AutoTokenizer.from_pretrained(str(directory))
+
+
+VOCABULARY_FILE = "vocabulary.json"  # in a checkpoint directory: the only words its text tower was trained on
+
+
+def closed_vocabulary(tokenizer) -> tuple[str, ...] | None:
+  """The words a model knows when its checkpoint declares a closed vocabulary (vocabulary.json beside the tokenizer,
+  {"words": [...]}: the demo's mini-CLIP, trained on captions of a small world); None for an open one (a real
+  CLIP, trained on the web's text, has no such file)."""
+  path = pathlib.Path(getattr(tokenizer, "name_or_path", "") or ".") / VOCABULARY_FILE
+  if not path.is_file():
+    return None
+  return tuple(json.loads(path.read_text())["words"])
+
+
+def unknown_words(class_names: Sequence[str], vocabulary: Sequence[str] | None) -> list[str]:
+  """The words of `class_names` (split on spaces, lower-cased) that a closed vocabulary lacks, each once; [] for
+  an open vocabulary (None)."""
+  if vocabulary is None:
+    return []
+  known = {w.lower() for w in vocabulary}
+  words = (w for name in class_names for w in str(name).lower().split())
+  return list(dict.fromkeys(w for w in words if w not in known))
 
 
 def check_class_names(class_names: Sequence[str]) -> list[str]:
