@@ -2,7 +2,6 @@
 suite's dataset directory, and a trained smoke run."""
 
 import importlib.util
-import os
 import pathlib
 
 import jax
@@ -18,15 +17,15 @@ from zegot_jax.models.clip_reference import random_torch_clip, save_with_tokeniz
 
 def pytest_addoption(parser):
   parser.addoption("--runslow", action="store_true", default=False,
-                   help="also run the slow checks (marked slow: minutes each; ZEGOT_SLOW=1 does the same)")
+                   help="also run the slow checks (marked slow: a minute or more each)")
 
 
 def pytest_collection_modifyitems(config, items):
   """Slow checks (each a minute or more, each a repeat of a guarantee a faster test also covers in part) run only
-  with --runslow or ZEGOT_SLOW=1, so that the default suite stays under about 25 minutes on a 2-core CPU."""
-  if config.getoption("--runslow") or os.environ.get("ZEGOT_SLOW") == "1":
+  with --runslow, so that the default suite stays under about 25 minutes on a 2-core CPU."""
+  if config.getoption("--runslow"):
     return
-  skip = pytest.mark.skip(reason="slow: run with --runslow (or ZEGOT_SLOW=1)")
+  skip = pytest.mark.skip(reason="slow: run with --runslow")
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip)

@@ -105,7 +105,8 @@ def test_a_damaged_latest_checkpoint_is_named_and_an_earlier_one_resumes_when_as
   assert _metrics(uninterrupted) == _metrics(tmp_path)
 
 
-def test_a_full_disk_during_a_save_names_the_intact_checkpoints(data_dir, uninterrupted, tmp_path, monkeypatch):
+def test_a_full_disk_during_a_save_names_the_intact_checkpoints(data_dir, tmp_path, monkeypatch):
+  """Injected as tensorstore reports it (the resume after it: the real full disk below)."""
   config = _runlocal(data_dir, steps=6, checkpoint_every=3)
   save = ocp.CheckpointManager.save
 
@@ -119,10 +120,7 @@ def test_a_full_disk_during_a_save_names_the_intact_checkpoints(data_dir, uninte
   with pytest.raises(errors.StorageError, match=r"could not save checkpoint 6 .*No space left on device.*intact: \[3\].*"
                                              r"resumes from 3"):
     trainer.train_and_evaluate(config, tmp_path)
-  monkeypatch.setattr(ocp.CheckpointManager, "save", save)
-  trainer.train_and_evaluate(config, tmp_path)
-  _assert_same_state(uninterrupted, tmp_path)
-  assert _metrics(uninterrupted) == _metrics(tmp_path)
+  assert checkpoints.manager(tmp_path, read_only=True).all_steps() == [3]
 
 
 @pytest.fixture

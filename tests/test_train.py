@@ -45,6 +45,7 @@ def _metrics(workdir):
   return [{k: v for k, v in r.items() if k not in trainer.TIMING_METRICS} for r in rows]
 
 
+@pytest.mark.slow  # exact resume is also proven by every fault test (tests/test_faults.py)
 def test_resume_after_sigterm_is_bit_exact(data_dir, tmp_path):
   config = _runlocal(data_dir, steps=6, checkpoint_every=4)
   full = trainer.train_and_evaluate(config, tmp_path / "full")
@@ -68,6 +69,7 @@ def test_resume_after_sigterm_is_bit_exact(data_dir, tmp_path):
   assert _metrics(tmp_path / "full") == _metrics(tmp_path / "killed")  # identical, no duplicated lines
 
 
+@pytest.mark.slow
 def test_a_run_opens_its_dataset_once_and_evaluates_with_one_compilation(data_dir, tmp_path, monkeypatch):
   """Training and its periodic evaluations share one opened dataset; every evaluation after the first reuses the
   evaluator's compiled programs (no new compilation of the segmentation)."""
