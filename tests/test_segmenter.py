@@ -133,3 +133,23 @@ def test_slide_under_jit():
 def test_slide_checks_num_classes():
   with pytest.raises(ValueError, match="logits_fn returned"):
     sliding_window_logits(positional_fn, jnp.zeros((8, 8, 1)), CROP, STRIDE, 3)
+
+
+def test_a_class_name_too_long_for_the_text_tower_is_named_at_its_own_limit():
+  """The mini-CLIP's text tower takes 32 positions (not CLIP's 77): a long name is refused by name, at that limit,
+  before the tower sees it; the segmenter keeps its class list."""
+  from zegot_jax.demo import mini_clip  # pylint: disable=import-outside-toplevel
+  from zegot_jax.models import clip_checkpoint, prompts, zegot  # pylint: disable=import-outside-toplevel
+  from zegot_jax.segmenter import Segmenter  # pylint: disable=import-outside-toplevel
+
+  clip = clip_checkpoint.from_pretrained(mini_clip.shipped_path())
+  assert clip.config.text.max_position_embeddings == 32
+  model = zegot.ZegOT(clip.config, zegot.ZegOTConfig(dfa_layers=(1, 2), num_prompts=2, context_length=2))
+  params = zegot.merge_params(zegot.init_trainable(model, jax.random.key(0)), clip.params)
+  mesh = jax.make_mesh((1,), ("data",))
+  segmenter = Segmenter(model, prompts.load_tokenizer(clip.path), ["zigzag", "dots"], crop_size=64, stride=64,
+                        mesh=mesh, params=params)
+  long = "zigzag " * 30
+  with pytest.raises(ValueError, match=r"prompts longer than the text tower's 32 tokens: .*zigzag zigzag"):
+    segmenter.set_classes(["dots", long])
+  assert segmenter.class_names == ["zigzag", "dots"]

@@ -295,7 +295,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   clip = from_config.load_clip(config, workdir)
   model = from_config.build_model(config, clip)
   tokenizer = prompts.load_tokenizer(clip.path)
-  tokens = jax.device_put(zegot.class_tokens(tokenizer, [spec.classes[i] for i in classes], model.config),
+  tokens = jax.device_put(zegot.class_tokens(tokenizer, [spec.classes[i] for i in classes], model.config,
+                                             model.clip_config.text.max_position_embeddings),
                           replicated)
   clip_params = from_config.shard_clip_params(clip.params, mesh, config)
 
