@@ -2,8 +2,9 @@
 restore used by training (resume) and by inference (evaluation, prediction, pictures).
 
 A checkpoint in <workdir>/checkpoints/<step>/ holds three items: `state` (the train state as a dict: step,
-params, opt_state, teacher), `data` (the input iterator's state) and `meta` (the checked config entries,
-the class list and the CLIP path). orbax writes each checkpoint to a temporary directory and renames it when it
+params, opt_state, teacher, teacher_text), `data` (the input iterator's state) and `meta` (the checked config
+entries, the class list, the CLIP path, the data's fingerprint and data_dir, and the parameters' health: max |θ|
+now and at the start). orbax writes each checkpoint to a temporary directory and renames it when it
 is complete, so a crash or a kill during a save never damages an earlier checkpoint. Training never saves a
 non-finite state (trainer.py), and holds a `WorkdirLock` so that two trainers never share a workdir.
 
@@ -166,7 +167,8 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any, *, config: ml_c
             check: tuple[str, ...] = ("",), partial: bool = False, data: bool = False,
             allowed: tuple[str, ...] = (), data_fingerprint: dict | None = None) -> tuple[Any, Any]:
   """(state, data state or None) of checkpoint `step`, after checking its config entries that start with one of
-  `check` against `config` (and, given `data_fingerprint`, that it was trained on that build of the data). `target`: the abstract state (jax.ShapeDtypeStruct leaves with their shardings);
+  `check` against `config` (and, given `data_fingerprint`, that it was trained on that build of the data).
+  `target`: the abstract state (jax.ShapeDtypeStruct leaves with their shardings);
   `partial`: `target` is a part of the saved state (e.g. {"params": ...} for inference); `data`: also restore
   the input iterator's state; `allowed`: entries that may differ (RESTART_CHANGES on an explicit restart). A
   checkpoint that cannot be read is a DamagedFileError naming the others."""

@@ -74,7 +74,8 @@ def read_image(path: str | pathlib.Path, name: str | None = None, max_pixels: in
       raise DamagedFileError(f"{name}: cannot be read ({e.strerror}); check the file and its permissions") from e
     if kind is not None:  # recognised, but truncated or in a variant PIL cannot decode
       raise DamagedFileError(f"{name}: a {kind} file that cannot be decoded ({type(e).__name__}: "
-                             f"{one_line(str(e))[:120]}); it may be truncated, or save it again as a PNG or JPEG") from e
+                             f"{one_line(str(e))[:120]}); it may be truncated, or save it again as a PNG or "
+                             f"JPEG") from e
     why = "" if isinstance(e, Image.UnidentifiedImageError) else f": {one_line(str(e))[:120]}"
     raise DamagedFileError(f"{name}: not a readable image ({type(e).__name__}{why}); expected a PNG, JPEG, BMP, GIF, "
                            f"TIFF or WebP file") from e
@@ -149,8 +150,8 @@ def claim_output_dir(out: pathlib.Path, where: str = "--out", create: bool = Tru
                             f"wrote before (it replaces its own files there)")
   existing = next(p for p in (out, *out.absolute().parents) if p.exists())
   if not os.access(existing, os.W_OK | os.X_OK):
-    raise errors.StorageError(f"{_named(where, out)}: {existing} is not writable ({'read-only or ' if existing == out else ''}"
-                              f"no permission); give a folder you can write to")
+    raise errors.StorageError(f"{_named(where, out)}: {existing} is not writable (a read-only disk, or no "
+                              f"permission); give a folder you can write to")
   if create:
     with errors.storage(f"{_named(where, out)}: cannot create the folder"):
       out.mkdir(parents=True, exist_ok=True)

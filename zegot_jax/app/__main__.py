@@ -74,8 +74,8 @@ def check_address(host: str, port: int) -> None:
       probe.bind(address)
     except OSError as e:
       if e.errno == errno.EADDRINUSE:
-        raise ConfigError(f"cannot serve at http://{host}:{port}: the port is in use; pass another --port, or stop what "
-                          f"uses this one") from e
+        raise ConfigError(f"cannot serve at http://{host}:{port}: the port is in use; pass another --port, or stop "
+                          f"what uses this one") from e
       if e.errno == errno.EADDRNOTAVAIL:
         raise ConfigError(f"--host={host}: not an address of this machine; use 127.0.0.1 (this machine only) or "
                           f"0.0.0.0 (every interface)") from e

@@ -18,7 +18,7 @@ ALL_BUILDERS: dict[str, type[SegmentationBuilder]] = {**BUILDERS, **SYNTHETIC}
 
 
 class Dataset(NamedTuple):
-  spec: DatasetSpec  # classes, unseen split, crop and evaluation settings (from the built dataset's metadata)
+  spec: DatasetSpec  # classes, unseen split, crop and evaluation settings (the builder's; stored in its metadata)
   splits: dict[str, Any]  # split name → tfds ArrayRecordDataSource (len, random access, decoded numpy)
   builder: SegmentationBuilder
 
@@ -104,7 +104,7 @@ def partial_note(dataset: Dataset) -> str | None:
 
 
 def built_spec(dataset: Dataset) -> dict:
-  """The metadata stored with the built dataset (classes, unseen, ignore index): what training trusts."""
+  """The metadata stored with the built dataset (classes, unseen, ignore index, a partial build's sizes)."""
   return dict(dataset.builder.info.metadata)
 
 

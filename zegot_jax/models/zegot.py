@@ -241,7 +241,8 @@ class ZegOT(nn.Module):
     return out, aux
 
   def align(self, features: ImageFeatures, text: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """GA (eq. 4) and DFA's score maps (eq. 5): (S_i (d, B, h, w, K, N), g_GA (B, K, N, D)), float32."""
+    """GA (supplementary, "Global Text Alignment"; eq. 4 is the transport plan) and DFA's score maps (eq. 5):
+    (S_i (d, B, h, w, K, N), g_GA (B, K, N, D)), float32."""
     c = self.config
     f, f_bar = features.f, features.f_bar
     g = jnp.broadcast_to(text[None], (f_bar.shape[0], *text.shape))  # (B, K, N, D)
