@@ -354,3 +354,13 @@ def test_a_closed_vocabulary_names_the_words_the_model_lacks(run, image_path, tm
   summary = prediction.predict(closed, image_path, names, out=tmp_path / "closed")
   assert summary["unknown_words"] == ["car"]
   assert summary["coverage"] == open_summary["coverage"]
+
+
+def test_the_reported_probability_percentiles_are_thresholds_that_leave_that_share_unassigned(tmp_path):
+  confidence = np.random.default_rng(0).uniform(0.1, 0.6, (40, 50)).astype(np.float32)
+  summary = prediction.write_outputs(_segmentation(np.zeros((40, 50)), confidence), tmp_path / "a")
+  c = summary["confidence"]
+  assert 0.1 < c["p5"] < c["p50"] < c["p95"] < 0.6
+  for key, share in (("p5", 0.05), ("p50", 0.5), ("p95", 0.95)):
+    again = prediction.write_outputs(_segmentation(np.zeros((40, 50)), confidence), tmp_path / key, threshold=c[key])
+    assert again["unassigned"] == pytest.approx(share, abs=1 / confidence.size)

@@ -82,7 +82,10 @@ def main(argv, f: dict):
     _warn_unknown(summary["unknown_words"])
     for name, share in sorted(summary["coverage"].items(), key=lambda kv: -kv[1]):
       print(f"{name:<24} {100 * share:6.2f}%")
-    print(f"unassigned               {100 * summary['unassigned']:6.2f}%\nwritten to {summary['out']}")
+    c = summary["confidence"]
+    print(f"unassigned               {100 * summary['unassigned']:6.2f}%\n"
+          f"best-class probability   {c['p5']:.2f} / {c['p50']:.2f} / {c['p95']:.2f} (5th / 50th / 95th percentile of "
+          f"the pixels: --threshold between them leaves the less sure pixels unassigned)\nwritten to {summary['out']}")
     return
   batch = predict_many(workdir, inputs, f["classes"].value, **options)
   _warn_unknown(batch["unknown_words"])

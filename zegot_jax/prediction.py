@@ -232,7 +232,9 @@ def write_outputs(segmentation: Segmentation, out: pathlib.Path, threshold: floa
   stale = claim_output_dir(out, where)
   counts = np.bincount(labels.ravel(), minlength=segmentation.unassigned + 1) / labels.size
   masks = [file_name("mask", k, name) for k, name in enumerate(names)]
+  p5, p50, p95 = (float(v) for v in np.percentile(segmentation.confidence, [5, 50, 95]))
   summary = dict(**about, size=list(labels.shape), classes=names, threshold=threshold,
+                 confidence=dict(p5=p5, p50=p50, p95=p95),  # the best class's probability over the pixels
                  coverage={name: float(counts[k]) for k, name in enumerate(names)},
                  unassigned=float(counts[segmentation.unassigned]), masks=masks, out=str(out), written_by=WRITER)
   with errors.storage(f"{_named(where, out)}: could not write the outputs"):

@@ -182,6 +182,9 @@ class Session:
       summary = prediction.write_outputs(kept.segmentation, out, threshold, image=name, step=self.predictor.step)
       shown = shown if shown in names else self._first_shown(summary)
       maps = self._draw_score_maps(kept, names.index(shown), out)
+    c = summary["confidence"]
+    note += (f"; best-class probability {c['p5']:.2f}–{c['p95']:.2f} over 90% of the pixels (a threshold in that "
+             f"range leaves the less sure ones unassigned)")
     unknown = self.predictor.unknown_words(names)
     if unknown:
       note += f"; unknown to this model: {', '.join(unknown)} (segmented, but they mean nothing to it)"
