@@ -114,9 +114,12 @@ def fail(message: str, *, now: bool = False) -> NoReturn:
   """Prints `error: <message>` on one line and exits with code 2; `now`: at once (os._exit, after flushing), for
   an error raised while the storage layer's threads may still hold work (a damaged checkpoint's other reads),
   whose callbacks would print tracebacks into a closed event loop at interpreter shutdown."""
-  print(f"error: {one_line(message)}", file=sys.stderr)
+  line = f"error: {one_line(message)}"
   if now:
     sys.stdout.flush()
     sys.stderr.flush()
+    sys.stderr = open(os.devnull, "w", encoding="utf-8")  # pylint: disable=consider-using-with  (threads still printing)
+    os.write(2, (line + "\n").encode())  # one write: nothing lands inside the line
     os._exit(EXIT_USER_ERROR)  # pylint: disable=protected-access
+  print(line, file=sys.stderr)
   sys.exit(EXIT_USER_ERROR)
