@@ -320,25 +320,35 @@ class Predictor:
     return np.asarray(fused, np.float32)
 
 
+def _checked_request(workdir: pathlib.Path, class_names: list[str], threshold: float, max_side: int | None,
+                     config: ml_collections.ConfigDict | None) -> tuple[list[str], float, ml_collections.ConfigDict]:
+  """(names, threshold, config) of a predict request, checked before anything is loaded."""
+  threshold = check_threshold(threshold)
+  if max_side is not None and max_side < 1:
+    raise ConfigError(f"--max_side={max_side}: expected a positive number of pixels (0: full size)")
+  config = config or checkpoints.read_run_config(workdir)
+  try:
+    names = check_class_names(class_names or [])
+    label_dtype(len(names))
+  except ClassNamesError as e:
+    raise ConfigError(f"--classes: {e}; give comma-separated names, e.g. --classes 'cat,grass,sky'") from e
+  return names, threshold, config
+
+
 def predict(workdir: str | pathlib.Path, image_path: str | pathlib.Path, class_names: list[str], *,
             config: ml_collections.ConfigDict | None = None, step: int | None = None, threshold: float = 0.0,
             out: str | pathlib.Path | None = None, max_side: int | None = None) -> dict:
   """Segments one image; writes the files listed in predict.py's docstring and returns the summary."""
   workdir = pathlib.Path(workdir).expanduser()
-  threshold = check_threshold(threshold)
-  if max_side is not None and max_side < 1:
-    raise ConfigError(f"--max_side={max_side}: expected a positive number of pixels (0: full size)")
-  config = config or checkpoints.read_run_config(workdir)
+  names, threshold, config = _checked_request(workdir, class_names, threshold, max_side, config)
   where = "--out" if out else "the output folder (another one: --out)"
   out = pathlib.Path(out).expanduser() if out else output_dir(workdir, image_path)
+  image = fit_within(read_image(image_path), max_side)
+  claim_output_dir(out, where, create=False)
+  predictor = Predictor(workdir, config, step)
   try:
-    names = check_class_names(class_names or [])  # before anything is loaded
-    label_dtype(len(names))
-    image = fit_within(read_image(image_path), max_side)
-    claim_output_dir(out, where, create=False)
-    predictor = Predictor(workdir, config, step)
     segmentation = predictor.segment(image, names)
-  except ClassNamesError as e:
+  except ClassNamesError as e:  # a prompt too long for the text tower
     raise ConfigError(f"--classes: {e}; give comma-separated names, e.g. --classes 'cat,grass,sky'") from e
   return write_outputs(segmentation, out, threshold, where, image=str(image_path), step=predictor.step,
                        unknown_words=predictor.unknown_words(names))
@@ -379,15 +389,7 @@ def predict_many(workdir: str | pathlib.Path, inputs: Sequence[str | pathlib.Pat
   <that root>/predict_<time>.jsonl. An image that cannot be read is recorded and the others go on. Returns
   {"rows", "table", "failed"}."""
   workdir = pathlib.Path(workdir).expanduser()
-  threshold = check_threshold(threshold)
-  if max_side is not None and max_side < 1:
-    raise ConfigError(f"--max_side={max_side}: expected a positive number of pixels (0: full size)")
-  config = config or checkpoints.read_run_config(workdir)
-  try:
-    names = check_class_names(class_names or [])
-    label_dtype(len(names))
-  except ClassNamesError as e:
-    raise ConfigError(f"--classes: {e}; give comma-separated names, e.g. --classes 'cat,grass,sky'") from e
+  names, threshold, config = _checked_request(workdir, class_names, threshold, max_side, config)
   paths = expand_images(inputs)
   root = pathlib.Path(out).expanduser() if out else workdir / "predictions"
   where = "--out" if out else "the output folder (another one: --out)"
