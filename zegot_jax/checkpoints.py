@@ -19,6 +19,7 @@ import os
 import pathlib
 import shutil
 import socket
+import sys
 import time
 from typing import Any, NamedTuple
 
@@ -182,6 +183,7 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any, *, config: ml_c
   else:
     state_args = ocp.args.StandardRestore(target)
   args = dict(state=state_args, **(dict(data=ocp.args.JsonRestore()) if data else {}))
+  _quiet_closed_event_loops()
   try:
     restored = mngr.restore(step, args=ocp.args.Composite(**args))
   except Exception as e:  # pylint: disable=broad-except
@@ -189,9 +191,27 @@ def restore(mngr: ocp.CheckpointManager, step: int, target: Any, *, config: ml_c
   return restored["state"], restored["data"] if data else None
 
 
+def _quiet_closed_event_loops() -> None:
+  """When a restore fails, tensorstore's reads still in flight call back into orbax's event loop after it closed;
+  each callback's RuntimeError('Event loop is closed') would print a traceback (as an unraisable exception) around
+  the one error line. Those, and only those, are dropped; every other unraisable exception goes on as before."""
+  previous = sys.unraisablehook
+  if getattr(previous, "quiet_closed_loops", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    error = unraisable.exc_value
+    if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+      previous(unraisable)
+
+  hook.quiet_closed_loops = True  # type: ignore[attr-defined]
+  sys.unraisablehook = hook
+
+
 def read_meta(mngr: ocp.CheckpointManager, step: int, training: bool = True) -> dict:
   """The `meta` item of checkpoint `step` (config entries, classes, CLIP path, data fingerprint, health);
   `training` picks the advice of a damaged one (--restart_from, else --step)."""
+  _quiet_closed_event_loops()
   try:
     meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
