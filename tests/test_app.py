@@ -184,6 +184,44 @@ def test_class_names_in_the_status_line_are_text_never_html(page, images):
   assert page.driver.find_element("id", "status").is_displayed()
 
 
+@needs_browser
+def test_class_names_typed_on_new_lines_are_separate_classes_and_enter_does_not_submit(page, images):
+  page.upload(images / "scene.png")
+  before = page.status()
+  page.set_classes("zigzag\ndots\nplain")  # selenium types each "\n" as the Enter key
+  assert page.status() == before  # Enter started no request
+  assert page.segment().startswith("scene.png: 72×80")
+  assert list(page.masks()) == ["mask_000_zigzag.png", "mask_001_dots.png", "mask_002_plain.png"]
+
+
+@needs_browser
+def test_a_name_too_long_for_the_text_tower_is_named(page, images):
+  page.upload(images / "scene.png")
+  long = "a " + "very " * 70 + "long name"
+  page.set_classes(f"zigzag, {long}")
+  message = page.segment()
+  assert message.startswith("error: class names: prompts longer than the text tower's 77 tokens") and long in message
+
+
+@needs_browser
+def test_many_classes_then_a_few_never_shows_a_gradio_error(page, images):
+  """60 classes (the score maps of the 23rd chosen), 100 (over the limit: refused), then 4: each request gets its
+  own line, and the last is segmented with its own class list."""
+  many = [f"c{k}" for k in range(60)]
+  page.upload(images / "scene.png")
+  page.set_classes(", ".join(many))
+  assert page.segment().startswith("scene.png: 72×80, segmented in ")
+  assert page.choose_class("c22 (new)").endswith("score_maps_022_c22.png")
+  page.set_classes(", ".join(f"c{k}" for k in range(100)))
+  assert page.segment() == (f"error: 100 class names: the app takes at most {session_lib.MAX_CLASSES} per request "
+                            "(predict takes more)")
+  for names in (["zigzag", "dots", "stripes", "plain"], many, ["zigzag", "plain"]):
+    page.set_classes(", ".join(names))
+    assert page.segment().startswith("scene.png: 72×80")  # 60 again: kept, not segmented again
+    assert len(page.masks()) == len(names)
+  assert page.driver.find_elements("css selector", ".toast-body, .error") == []
+
+
 @needs_browser  # needs gradio and a run; ordered with the app's tests
 def test_the_server_refuses_an_upload_over_its_limit_with_a_message(page, tmp_path):
   """The server itself (not only the page) refuses a file over MAX_UPLOAD_MB: 413 and a message, before the file

@@ -88,9 +88,9 @@ def build(session: Session, examples: list[str]) -> gr.Blocks:
                         type="filepath", elem_id="image")
         preview_image = gr.Image(label="as segmented", type="numpy", format="png", interactive=False, height=220,
                                  elem_id="preview")
-        classes = gr.Textbox(label=f"class names, separated by commas (up to {MAX_CLASSES})",
-                             value=session.default_classes(),
-                             elem_id="classes")
+        # Several lines: Enter starts a new line (a name per line is a list too); the button segments.
+        classes = gr.Textbox(label=f"class names, separated by commas or new lines (up to {MAX_CLASSES})",
+                             value=session.default_classes(), lines=2, max_lines=8, elem_id="classes")
         threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.05, elem_id="threshold",
                               label="threshold: pixels whose best class probability is below it stay unassigned")
         button = gr.Button("Segment", variant="primary", elem_id="segment")
@@ -104,14 +104,16 @@ def build(session: Session, examples: list[str]) -> gr.Blocks:
                            elem_id="overlay")
         shares = gr.Label(label="share of the image per class", show_heading=False, elem_id="shares")
     masks = gr.Gallery(label="masks (white: the class)", format="png", columns=6, height="auto", elem_id="masks")
-    shown = gr.Dropdown(label="score maps of the class", choices=[], elem_id="shown")
+    # Its value is checked by the session against the request's own class list, not by Gradio against the choices
+    # the page last had: a list changed between requests is never "not in the list of choices".
+    shown = gr.Dropdown(label="score maps of the class", choices=[], allow_custom_value=True, elem_id="shown")
     maps = gr.Image(label="its score map S* per prompt (eq. 8), their sum (eq. 9) and its final probability "
                     "(eq. 11), the image resized to one window", type="filepath", format="png",
                     interactive=False, height=240, elem_id="score_maps")
 
     results = [overlay, shares, masks, shown, maps, status]  # what segment and _cleared return, in order
     image.change(preview, [image], [preview_image, status])
-    for trigger in (button.click, classes.submit, threshold.release):
+    for trigger in (button.click, threshold.release):
       trigger(segment, [image, classes, threshold, shown], results)
     shown.input(score_maps, [image, classes, shown], [maps, status])
   return page
