@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zegot_jax import checkpoints, errors, prediction
+from zegot_jax import checkpoints, confidence, errors, prediction
 from zegot_jax.app import browser
 from zegot_jax.app import session as session_lib
 from zegot_jax.data import registry, textures
@@ -91,7 +91,7 @@ def test_the_page_shows_predicts_overlay_and_masks_pixel_for_pixel(page, smoke_r
 
   # The threshold, typed into the slider's box, segments again with the same files as predict --threshold.
   confidence = prediction.Predictor(smoke_run).segment(prediction.read_image(images / "scene.png"), names).confidence
-  threshold = float(np.round(np.median(confidence) * 20) / 20)  # the slider's step is 0.05
+  threshold = float(np.round(np.median(confidence) * 20) / 20)  # on the slider's grid (0.01)
   assert 0 < (confidence < threshold).mean() < 1
   page.set_threshold(threshold)
   overlay, masks, summary = predicted(smoke_run, images / "scene.png", names, tmp_path / "t", threshold=threshold)
@@ -242,6 +242,25 @@ def test_the_server_refuses_an_upload_over_its_limit_with_a_message(page, tmp_pa
   assert code == 413 and "maximum allowed size" in text, (code, text)
   code, _ = upload(1000)
   assert code == 200
+
+
+def test_the_threshold_slider_comes_from_the_runs_measurement(smoke_run, tmp_path):
+  predictor = prediction.Predictor(smoke_run)
+  assert session_lib.Session(predictor, tmp_path / "a").threshold_setting()[:2] == (0.0, 1.0)  # not measured
+  measured = confidence.measure(smoke_run, split="test")
+  measured["suggested"] = dict(threshold=0.37, unassigned=0.1, wrong_among_unassigned=0.7, accuracy_kept=0.5)
+  measured["all"]["percentiles"]["p95"] = 0.81
+  path = confidence.write(measured, smoke_run)
+  try:
+    default, maximum, label = session_lib.Session(predictor, tmp_path / "b").threshold_setting()
+    assert (default, maximum) == (0.37, 0.85)
+    assert label.endswith("; suggested threshold: 0.37: on textures_zs3 test it leaves 10.0% of the pixels "
+                          f"unassigned, 70% of which were wrong (of all pixels: {100 - 100 * measured['all']['accuracy']:.0f}%)")
+    measured["step"] += 1  # another checkpoint's measurement is not used
+    confidence.write(measured, smoke_run)
+    assert session_lib.Session(predictor, tmp_path / "c").threshold_setting()[:2] == (0.0, 1.0)
+  finally:
+    path.unlink()
 
 
 def test_class_names_split_on_commas_and_new_lines_and_are_bounded():

@@ -15,7 +15,7 @@ LAYERS = [
     ["metrics", "selftrain", "config_lib", "segmenter", "from_config"],
     ["pictures", "checkpoints", "cli"],
     ["evaluation", "prediction"],
-    ["trainer"],
+    ["trainer", "confidence"],
     ["train", "evaluate", "predict", "tools", "demo", "app"],
 ]
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}

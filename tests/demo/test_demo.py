@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from zegot_jax import config_lib, from_config, pictures
+from zegot_jax import confidence, config_lib, from_config, pictures
 from zegot_jax.data import textures
 from zegot_jax.demo import diagnose, results
 from zegot_jax.models import prompts, zegot
@@ -51,6 +51,17 @@ def test_short_demo_beats_the_frozen_clip_on_unseen_classes(demo_run):
   assert baseline["split"] == "test" and baseline["examples"] == 300
   assert trained["eval/mIoU_unseen"] >= baseline["mIoU_unseen"] + MIN_UNSEEN_GAIN, (trained, baseline)
   assert trained["eval/hIoU"] >= baseline["hIoU"] + MIN_HIOU_GAIN, (trained, baseline)
+
+
+def test_the_demo_measures_the_apps_threshold_on_its_test_split(demo_run):
+  workdir, stdout = demo_run
+  step = json.loads((workdir / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+  measured = confidence.read(workdir, step)
+  assert measured is not None and measured["split"] == "test" and measured["all"]["pixels"] == 300 * 64 * 64
+  assert confidence.describe_suggestion(measured) in stdout
+  chosen = measured["suggested"]
+  if chosen["threshold"]:  # what it removes was wrong at least twice as often as the average pixel
+    assert chosen["wrong_among_unassigned"] >= 2 * (1 - measured["all"]["accuracy"]) - 1e-9
 
 
 def test_pictures_are_pngs_of_the_documented_size(demo_run, data_dir):

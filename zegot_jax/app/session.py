@@ -20,7 +20,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from zegot_jax import evaluation, prediction
+from zegot_jax import confidence, evaluation, prediction
 from zegot_jax.data import registry
 from zegot_jax.errors import ConfigError, UserError, one_line
 from zegot_jax.pictures import class_maps_row, holding_unseen
@@ -100,6 +100,7 @@ class Session:
     self._cache = cache
     self._requests = 0
     self._lock = threading.Lock()
+    self.measured = confidence.read(predictor.workdir, predictor.step)  # None: the run was not measured
 
   # What the page says about the run.
 
@@ -112,6 +113,17 @@ class Session:
             f"{', '.join(seen)}; unseen (never labelled): "
             f"{', '.join(unseen)}. Images over {self.max_side} px are downscaled to {self.max_side} px. Limits per "
             f"request: {MAX_UPLOAD_MB} MB per file, {MAX_PIXELS // 1_000_000} megapixels, {MAX_CLASSES} classes.")
+
+  def threshold_setting(self) -> tuple[float, float, str]:
+    """The threshold slider's (default, maximum, label): from the run's confidence.json, when it measured this
+    checkpoint, the suggested threshold and the 95th percentile of the best class's probability; else 0 and 1."""
+    label = "threshold: pixels whose best class probability is below it stay unassigned"
+    if self.measured is None:
+      return 0.0, 1.0, (f"{label} (python -m zegot_jax.tools.confidence --workdir {self.predictor.workdir} "
+                        f"measures which thresholds remove mostly wrong pixels)")
+    default = self.measured["suggested"]["threshold"]
+    return (default, max(default, confidence.slider_maximum(self.measured["all"])),
+            f"{label}; {confidence.describe_suggestion(self.measured)}")
 
   def tag(self, name: str) -> str:
     """'name (seen)', 'name (unseen)' or 'name (new)': what the run's dataset knows of a class name."""

@@ -91,8 +91,8 @@ def build(session: Session, examples: list[str]) -> gr.Blocks:
         # Several lines: Enter starts a new line (a name per line is a list too); the button segments.
         classes = gr.Textbox(label=f"class names, separated by commas or new lines (up to {MAX_CLASSES})",
                              value=session.default_classes(), lines=2, max_lines=8, elem_id="classes")
-        threshold = gr.Slider(0.0, 1.0, value=0.0, step=0.05, elem_id="threshold",
-                              label="threshold: pixels whose best class probability is below it stay unassigned")
+        default, maximum, label = session.threshold_setting()
+        threshold = gr.Slider(0.0, maximum, value=default, step=0.01, elem_id="threshold", label=label)
         button = gr.Button("Segment", variant="primary", elem_id="segment")
         status = gr.Markdown(elem_id="status")
         if examples:

@@ -17,7 +17,7 @@ import time
 from absl import flags, logging
 from ml_collections import config_flags
 
-from zegot_jax import cli, evaluation, metrics, trainer
+from zegot_jax import cli, confidence, evaluation, metrics, trainer
 from zegot_jax.demo import results
 
 DEFAULT_CONFIG = "configs/demo.py"
@@ -57,6 +57,13 @@ def main(argv, f: dict):
   print(f"\n{zegot['dataset']} {zegot['split']} split, {zegot['examples']} images, step {run['step']}; "
         f"unseen: {', '.join(n for n, s in zegot['report']['split'].items() if s == 'unseen')}\n")
   print(comparison_table(zegot, frozen))
+  # How well a threshold separates right from wrong pixels on the same split: the app's threshold slider.
+  measured = confidence.read(workdir, run["step"])
+  if measured is None:
+    measured = confidence.measure(workdir, zegot["split"], run["step"])
+    confidence.write(measured, workdir)
+  print(f"\n{confidence.describe_suggestion(measured)} (the app's default; python -m zegot_jax.tools.confidence "
+        f"--workdir {f['workdir'].value} prints the table)")
   if "pictures" in zegot:
     print(f"\nfigure: {zegot['pictures']} (input | ground truth | prediction | per-prompt score maps of an unseen "
           "class)")
