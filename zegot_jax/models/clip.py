@@ -2,12 +2,12 @@
 
 Parameter names mirror transformers' state-dict keys (`vision_model/encoder/layers_0/self_attn/q_proj/kernel`
 for `vision_model.encoder.layers.0.self_attn.q_proj.weight`), so loading is a fixed renaming and transposing
-(see `clip_checkpoint.py`). Images are NHWC. Everything ZegOT reads from the frozen towers comes out of one
+(see `encoder_checkpoint.py`). The transformer blocks are shared with SigLIP (`transformer.py`). Images are NHWC. Everything ZegOT reads from the frozen towers comes out of one
 forward pass:
 
   * the global image embedding f̄ (CLS → post_layernorm → visual_projection),
   * the patch tokens of any requested layers, raw and mapped through the frozen post_layernorm and
-    visual_projection (the dense features of DFA; DESIGN.md),
+    visual_projection (the dense features of DFA; docs/design.md),
   * the last block's value embeddings (MaskCLIP-style dense features) on request,
   * text embeddings from token ids, or from token embeddings whose placeholder positions hold learnable
     CoOp contexts.
@@ -16,68 +16,16 @@ forward pass:
 from __future__ import annotations
 
 import dataclasses
-import functools
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zegot_jax.models.pos_embed import Method, resize_position_embedding
-
-Dtype = Any
-
-# Activations transformers' CLIP configs name (`ACT2FN`). CLIP checkpoints use quick_gelu (OpenAI) or gelu.
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": functools.partial(jax.nn.gelu, approximate=False),
-    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class TowerConfig:
-  """What a pre-LN transformer tower needs; the fields of transformers' CLIPVisionConfig/CLIPTextConfig."""
-
-  hidden_size: int
-  intermediate_size: int
-  num_hidden_layers: int
-  num_attention_heads: int
-  hidden_act: str = "quick_gelu"
-  layer_norm_eps: float = 1e-5
-
-  def __post_init__(self):
-    if self.hidden_act not in ACTIVATIONS:
-      raise ValueError(f"hidden_act={self.hidden_act!r} is not supported; expected one of {sorted(ACTIVATIONS)}")
-    if self.hidden_size % self.num_attention_heads:
-      raise ValueError(
-          f"hidden_size={self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}"
-      )
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_attention_heads
-
-
-@dataclasses.dataclass(frozen=True)
-class VisionConfig(TowerConfig):
-  image_size: int = 224
-  patch_size: int = 16
-  num_channels: int = 3
-  # Patch grid of the stored position embedding: (image_size // patch_size,) * 2 as released, or the grid of
-  # the image size it was resized to at load time.
-  pos_grid: tuple[int, int] | None = None
-  pos_resize_method: Method = "bicubic"
-
-  @property
-  def grid(self) -> tuple[int, int]:
-    if self.pos_grid is not None:
-      return tuple(self.pos_grid)
-    g = self.image_size // self.patch_size
-    return (g, g)
+from zegot_jax.models import transformer
+from zegot_jax.models.pos_embed import resize_position_embedding
+from zegot_jax.models.transformer import (Dtype, Encoder, TextOutput, TowerConfig, VisionConfig, VisionOutput,
+                                          layer_norm, splice_contexts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +41,12 @@ class CLIPConfig:
   text: TextConfig
   projection_dim: int = 512
 
+  family = "clip"  # the encoder family's name (`encoders.FAMILIES`)
+  # The text conventions ZegOT's prompts follow: `[SOS] X×C <name>. [EOS]`, so the contexts start at position 1;
+  # pooled at the EOS token and causal, so padding to the longest prompt is enough.
+  context_start = 1
+  pad_to_max_length = False
+
 
 def vit_b16_config(image_size: int, eos_token_id: int = 49407) -> CLIPConfig:
   """openai/clip-vit-base-patch16's shapes, position embedding at the grid of `image_size`."""
@@ -103,129 +57,7 @@ def vit_b16_config(image_size: int, eos_token_id: int = 49407) -> CLIPConfig:
       projection_dim=512)
 
 
-# ----------------------------------------------------------------------------------------------- building blocks
-
-
-class Attention(nn.Module):
-  """Multi-head self-attention with q/k/v/out projections (transformers' `CLIPAttention`).
-
-  `attention`: "xla" (JAX's default implementation) or "cudnn" (cuDNN's fused attention), as resolved from the
-  setting clip.attention by `attention.resolve`. Padding comes as a boolean `mask` (B, 1, 1, T) of the keys, or
-  as `lengths` (B,): the first lengths[b] tokens of sequence b are real, the rest padding, which neither attends
-  nor is attended (its attention output is zero). cuDNN takes the lengths form only.
-  """
-
-  features: int
-  num_heads: int
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  attention: str = "xla"
-
-  def setup(self):
-    if self.attention not in ("xla", "cudnn"):
-      raise ValueError(f"Attention.attention={self.attention!r}: expected 'xla' or 'cudnn' (see attention.resolve)")
-    dense = functools.partial(nn.Dense, self.features, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.q_proj, self.k_proj, self.v_proj, self.out_proj = dense(), dense(), dense(), dense()
-
-  def _heads(self, x: jax.Array) -> jax.Array:
-    return x.reshape(*x.shape[:-1], self.num_heads, self.features // self.num_heads)  # (B, T, heads, head_dim)
-
-  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
-               lengths: jax.Array | None = None) -> jax.Array:
-    if self.attention == "cudnn" and mask is not None:
-      raise ValueError("cuDNN's fused attention takes padding as lengths, not as a mask")
-    q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
-    out = jax.nn.dot_product_attention(  # scale = head_dim ** -0.5
-        q, k, v, mask=mask, is_causal=causal, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
-        implementation=None if self.attention == "xla" else "cudnn")  # None: JAX's default, XLA
-    return self.out_proj(out.reshape(x.shape))
-
-  def value_embeddings(self, x: jax.Array) -> jax.Array:
-    """The value path alone, out_proj(v_proj(x)): MaskCLIP's dense features skip the query-key attention."""
-    return self.out_proj(self.v_proj(x))
-
-
-class MLP(nn.Module):
-  config: TowerConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype)
-    x = dense(self.config.intermediate_size, name="fc1")(x)
-    x = ACTIVATIONS[self.config.hidden_act](x)
-    return dense(self.config.hidden_size, name="fc2")(x)
-
-
-def _layer_norm(config: TowerConfig, dtype: Dtype, param_dtype: Dtype) -> nn.LayerNorm:
-  # Flax computes the statistics in float32 whatever `dtype` is.
-  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=dtype, param_dtype=param_dtype)
-
-
-class EncoderLayer(nn.Module):
-  """Pre-LN block: x + attn(ln1(x)), then + mlp(ln2(x))."""
-
-  config: TowerConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  attention: str = "xla"
-
-  def setup(self):
-    c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    self.layer_norm1 = _layer_norm(c, **kw)
-    self.self_attn = Attention(c.hidden_size, c.num_attention_heads, **kw, attention=self.attention)
-    self.layer_norm2 = _layer_norm(c, **kw)
-    self.mlp = MLP(c, **kw)
-
-  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
-               lengths: jax.Array | None = None) -> jax.Array:
-    x = x + self.self_attn(self.layer_norm1(x), causal=causal, mask=mask, lengths=lengths)
-    return x + self.mlp(self.layer_norm2(x))
-
-  def value_embeddings(self, x: jax.Array) -> jax.Array:
-    return self.self_attn.value_embeddings(self.layer_norm1(x))
-
-
-class Encoder(nn.Module):
-  """A stack of `EncoderLayer`s; returns every hidden state, the input included (as transformers does)."""
-
-  config: TowerConfig
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-  attention: str = "xla"
-
-  def setup(self):
-    self.layers = [EncoderLayer(self.config, self.dtype, self.param_dtype, self.attention)  # layers_0, layers_1, ...
-                   for _ in range(self.config.num_hidden_layers)]
-
-  def __call__(self, x: jax.Array, *, causal: bool = False, mask: jax.Array | None = None,
-               lengths: jax.Array | None = None,
-               value_embeddings: bool = False) -> tuple[tuple[jax.Array, ...], jax.Array | None]:
-    """Returns (hidden_states, values): hidden_states[i] is the output of layer i (1-based), [0] the input;
-    values are the last layer's value embeddings when asked for (else None)."""
-    hidden_states, values = [x], None
-    for i, layer in enumerate(self.layers):
-      if value_embeddings and i == len(self.layers) - 1:
-        values = layer.value_embeddings(x)
-      x = layer(x, causal=causal, mask=mask, lengths=lengths)
-      hidden_states.append(x)
-    return tuple(hidden_states), values
-
-
 # ----------------------------------------------------------------------------------------------- vision tower
-
-
-class VisionOutput(NamedTuple):
-  """What the vision tower gives ZegOT. h, w is the patch grid of the input; D the projection width."""
-
-  image_embeds: jax.Array  # (B, D) CLS → post_layernorm → visual_projection (not normalized)
-  pooled: jax.Array  # (B, width) CLS → post_layernorm (transformers' pooler_output)
-  hidden_states: tuple[jax.Array, ...]  # L + 1 of (B, 1 + h*w, width); [0] after pre_layrnorm
-  patch_tokens: dict[int, jax.Array]  # layer → (B, h, w, width) raw patch tokens of the requested layers
-  dense_features: dict[int, jax.Array]  # layer → (B, h, w, D) patch tokens → post_layernorm → visual_projection
-  value_features: jax.Array | None  # (B, h, w, D) last block's value embeddings → post_layernorm → projection
-  value_embeddings: jax.Array | None  # (B, h, w, width) the raw value embeddings
 
 
 class VisionEmbeddings(nn.Module):
@@ -261,9 +93,9 @@ class VisionTransformer(nn.Module):
   def setup(self):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embeddings = VisionEmbeddings(c, **kw)
-    self.pre_layrnorm = _layer_norm(c, **kw)  # sic: transformers' spelling
+    self.pre_layrnorm = layer_norm(c, **kw)  # sic: transformers' spelling
     self.encoder = Encoder(c, **kw, attention=self.attention)
-    self.post_layernorm = _layer_norm(c, **kw)
+    self.post_layernorm = layer_norm(c, **kw)
 
   def __call__(self, pixels: jax.Array, projection: nn.Module, *, feature_layers: Sequence[int] = (),
                value_embeddings: bool = False) -> VisionOutput:
@@ -295,13 +127,6 @@ class VisionTransformer(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------- text tower
-
-
-class TextOutput(NamedTuple):
-  text_embeds: jax.Array  # (..., D) pooled → text_projection (not normalized)
-  pooled: jax.Array  # (..., width) final_layer_norm at the EOS token (transformers' pooler_output)
-  last_hidden_state: jax.Array  # (..., T, width) after final_layer_norm
-  hidden_states: tuple[jax.Array, ...]  # L + 1 of (..., T, width); [0] the embeddings
 
 
 def eos_positions(input_ids: jax.Array, eos_token_id: int) -> jax.Array:
@@ -343,7 +168,7 @@ class TextTransformer(nn.Module):
     c, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.embeddings = TextEmbeddings(c, param_dtype=self.param_dtype)
     self.encoder = Encoder(c, **kw, attention=self.attention)
-    self.final_layer_norm = _layer_norm(c, **kw)
+    self.final_layer_norm = layer_norm(c, **kw)
 
   def embed_tokens(self, input_ids: jax.Array) -> jax.Array:
     return self.embeddings.embed_tokens(input_ids)
@@ -427,21 +252,9 @@ class CLIP(nn.Module):
     context:   (N, C, width) learnable context vectors, shared by all classes.
     Returns text embeddings (K, N, D).
     """
-    k, t = input_ids.shape
-    n, c, _ = context.shape
-    end = context_start + c
-    if end > t:
-      raise ValueError(f"{c} context tokens from position {context_start} do not fit in length {t}")
-    embeds = self.text_model.embed_tokens(input_ids)  # (K, T, width)
-    embeds = jnp.broadcast_to(embeds[:, None], (k, n, t, embeds.shape[-1]))
-    ctx = jnp.broadcast_to(context[None].astype(embeds.dtype), (k, n, c, context.shape[-1]))
-    embeds = jnp.concatenate([embeds[:, :, :context_start], ctx, embeds[:, :, end:]], axis=2)  # (K, N, T, width)
-    ids = jnp.broadcast_to(input_ids[:, None], (k, n, t))
+    embeds = splice_contexts(self.text_model.embed_tokens(input_ids), context, context_start)  # (K, N, T, width)
+    ids = jnp.broadcast_to(input_ids[:, None], embeds.shape[:3])
     return self.text_model(ids, self.text_projection, inputs_embeds=embeds)
-
-  def token_embeddings(self, input_ids: jax.Array) -> jax.Array:
-    """(…, T) ids → (…, T, width) rows of the token embedding table (to initialize contexts from words)."""
-    return self.text_model.embed_tokens(input_ids)
 
 
 # OpenAI's CLIP preprocessing statistics (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
@@ -449,10 +262,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def normalize_image(images: jax.Array, mean: Sequence[float] = CLIP_MEAN,
-                    std: Sequence[float] = CLIP_STD) -> jax.Array:
+def normalize_image(images: jax.Array) -> jax.Array:
   """uint8 (…, H, W, 3) in [0, 255] or float in [0, 1] → CLIP-normalized float32."""
-  x = images.astype(jnp.float32)
-  if images.dtype == jnp.uint8:
-    x = x / 255.0
-  return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+  return transformer.normalize_image(images, CLIP_MEAN, CLIP_STD)

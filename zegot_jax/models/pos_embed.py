@@ -59,19 +59,22 @@ def resize_position_embedding(
     grid: tuple[int, int],
     new_grid: tuple[int, int],
     method: Method = "bicubic",
+    class_tokens: int = 1,
 ) -> jnp.ndarray:
-  """Resizes a (1 + gh*gw, D) position table to (1 + nh*nw, D); the CLS position is kept apart.
+  """Resizes a (c + gh*gw, D) position table to (c + nh*nw, D), where c = `class_tokens` leading positions (CLIP's
+  CLS: 1; SigLIP has none) are kept apart.
 
   Works on numpy arrays (at load time) and inside `jax.jit` (grids are static Python ints).
   """
   gh, gw = grid
   nh, nw = new_grid
-  if pos.shape[0] != 1 + gh * gw:
-    raise ValueError(f"position embedding has {pos.shape[0]} rows, expected 1 + {gh}*{gw} for grid {grid}")
+  if pos.shape[0] != class_tokens + gh * gw:
+    raise ValueError(f"position embedding has {pos.shape[0]} rows, expected {class_tokens} + {gh}*{gw} for grid "
+                     f"{grid}")
   if (gh, gw) == (nh, nw):
     return pos
   xp = np if isinstance(pos, np.ndarray) else jnp
-  cls_pos, patch_pos = pos[:1], pos[1:].reshape(gh, gw, -1)
+  cls_pos, patch_pos = pos[:class_tokens], pos[class_tokens:].reshape(gh, gw, -1)
   wh = interpolation_matrix(gh, nh, method).astype(np.float32)  # (nh, gh)
   ww = interpolation_matrix(gw, nw, method).astype(np.float32)  # (nw, gw)
   resized = xp.einsum("ih,jw,hwd->ijd", wh, ww, patch_pos.astype(xp.float32))  # (nh, nw, D)
