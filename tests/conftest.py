@@ -13,7 +13,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 import transformers  # noqa: E402  (the parity reference; torch comes with the `test` extra: no silent skip)
 
-from zegot_jax.models.clip_reference import random_torch_clip, save_with_tokenizer  # noqa: E402
+from zegot_jax.models.clip_reference import random_torch_model, save_with_tokenizer  # noqa: E402
 
 def pytest_addoption(parser):
   parser.addoption("--runslow", action="store_true", default=False,
@@ -54,7 +54,7 @@ def make_checkpoint(tmp_path_factory):
 
   def make(name="quick_gelu", seed=0, **kwargs):
     if name not in cache:
-      model = random_torch_clip(tiny_hf_config(**kwargs), seed)
+      model = random_torch_model(tiny_hf_config(**kwargs), seed)
       cache[name] = (save_with_tokenizer(model, tmp_path_factory.mktemp(name)), model)
     return cache[name]
 

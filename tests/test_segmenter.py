@@ -139,10 +139,10 @@ def test_a_class_name_too_long_for_the_text_tower_is_named_at_its_own_limit():
   """The mini-CLIP's text tower takes 32 positions (not CLIP's 77): a long name is refused by name, at that limit,
   before the tower sees it; the segmenter keeps its class list."""
   from zegot_jax.demo import mini_clip  # pylint: disable=import-outside-toplevel
-  from zegot_jax.models import clip_checkpoint, prompts, zegot  # pylint: disable=import-outside-toplevel
+  from zegot_jax.models import encoder_checkpoint, prompts, zegot  # pylint: disable=import-outside-toplevel
   from zegot_jax.segmenter import Segmenter  # pylint: disable=import-outside-toplevel
 
-  clip = clip_checkpoint.from_pretrained(mini_clip.shipped_path())
+  clip = encoder_checkpoint.from_pretrained(mini_clip.shipped_path())
   assert clip.config.text.max_position_embeddings == 32
   model = zegot.ZegOT(clip.config, zegot.ZegOTConfig(dfa_layers=(1, 2), num_prompts=2, context_length=2))
   params = zegot.merge_params(zegot.init_trainable(model, jax.random.key(0)), clip.params)

@@ -210,12 +210,12 @@ def test_two_processes_train_to_identical_params(data_dir, tmp_path):
 def test_every_config_builds(path, arg, overrides):
   """Each config's model initializes (shapes only, jax.eval_shape) with the CLIP it names: ViT-B/16 shapes for
   the benchmarks (no download needed for shapes), the tiny CLIP for runlocal."""
-  from zegot_jax.models import tiny_clip  # pylint: disable=g-import-not-at-top
+  from zegot_jax.models import clip as clip_lib, tiny_clip  # pylint: disable=g-import-not-at-top
   from zegot_jax.models.clip import vit_b16_config  # pylint: disable=g-import-not-at-top
 
   config = config_lib.apply_overrides(_load_config_module(path).get_config(arg), overrides)
   assert {f: getattr(from_config.model_config(config), f.split(".")[1]) for f in overrides} == overrides
-  clip_config = (tiny_clip.tiny_config() if config.clip.path == tiny_clip.RANDOM_TINY
+  clip_config = (clip_lib.tiny_config() if config.clip.path == tiny_clip.RANDOM_TINY
                  else vit_b16_config(config.clip.image_size))
   model = zegot.ZegOT(clip_config, from_config.model_config(config))
   k = 5

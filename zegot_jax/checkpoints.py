@@ -37,8 +37,9 @@ from zegot_jax.models import prompts, zegot
 # tested to resume bit for bit). Not train.num_workers: grain's iterator state differs with and without worker
 # processes, so a run resumes with the worker count it was saved with. clip.attention picks who computes the same
 # attention (XLA or cuDNN): a change changes the rounding at most, and nothing where it resolves as before.
+# clip.family only checks what clip.path holds ("auto" reads it from the checkpoint; loading refuses a mismatch).
 RESUMABLE_CHANGES = ("data_dir", "train.log_every", "train.checkpoint_every", "train.eval_every",
-                     "train.eval_max_examples", "eval.batch_windows", "eval.pictures", "clip.attention")
+                     "train.eval_max_examples", "eval.batch_windows", "eval.pictures", "clip.attention", "clip.family")
 # Entries that may also change when a run is restarted from an earlier checkpoint on purpose (--restart_from), e.g.
 # with a lower learning rate after the run diverged.
 RESTART_CHANGES = ("train.lr", "train.warmup_steps")

@@ -57,8 +57,9 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
   c.data_dir = "~/tensorflow_datasets"
   c.setting = variant.setting
 
-  c.clip = ml_collections.ConfigDict(dict(
+  c.clip = ml_collections.ConfigDict(dict(  # the frozen encoder, of any family in models/encoders.py
       path="openai/clip-vit-base-patch16",  # a checkpoint directory or hub id; "random-tiny" for smoke runs
+      family="auto",  # auto (from the checkpoint's config.json) | clip | siglip
       image_size=image_size, dtype="bfloat16",
       attention="auto"))  # auto | xla | cudnn; auto: cuDNN's fused attention on an NVIDIA GPU in bfloat16, else XLA
   c.model = model_section(model)

@@ -19,8 +19,7 @@ from jax.sharding import PartitionSpec as P
 from zegot_jax.data import build as data_build
 from zegot_jax.errors import ConfigError, MissingFileError
 from zegot_jax.data import registry
-from zegot_jax.models import attention, clip_checkpoint, tiny_clip, zegot
-from zegot_jax.models.clip import CLIPConfig
+from zegot_jax.models import attention, encoder_checkpoint, encoders, tiny_clip, zegot
 from zegot_jax.models.mpot import SinkhornConfig
 
 
@@ -56,15 +55,26 @@ def shard_clip_params(clip_params: Any, mesh: jax.sharding.Mesh, config: ml_coll
       lambda a: clip_sharding(mesh, a, config.mesh.fsdp_min_size), clip_params))
 
 
+def encoder_family(config: ml_collections.ConfigDict) -> str:
+  """clip.family, checked: "auto" or a family of `encoders.FAMILIES`. A run saved before the entry existed reads
+  as "auto"."""
+  family = config.clip.get("family", "auto")
+  if family not in encoders.SETTINGS:
+    raise ConfigError(f"config clip.family={family!r}: expected one of {list(encoders.SETTINGS)}")
+  return family
+
+
 def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path, create: bool = True) -> str:
-  """clip.path, with the built-in name "random-tiny" (a tiny random CLIP written into the workdir by training;
-  `create=False` when reading a run, which never writes into it)."""
+  """clip.path, with the built-in name "random-tiny" (a tiny random encoder of clip.family, CLIP for "auto",
+  written into the workdir by training; `create=False` when reading a run, which never writes into it)."""
   if config.clip.path == tiny_clip.RANDOM_TINY:
-    directory = pathlib.Path(workdir) / "random_tiny_clip"
+    family = encoder_family(config)
+    family = "clip" if family == "auto" else family
+    directory = pathlib.Path(workdir) / tiny_clip.directory_name(family)
     if not create and not directory.is_dir():
       raise MissingFileError(f"{directory} does not exist: the run in {workdir} was trained with clip.path="
                              f"{tiny_clip.RANDOM_TINY!r}, whose weights training writes there")
-    return str(tiny_clip.make_random_clip(directory))
+    return str(tiny_clip.make_random_clip(directory, family=family))
   return config.clip.path
 
 
@@ -81,7 +91,7 @@ def model_config(config: ml_collections.ConfigDict) -> zegot.ZegOTConfig:
     raise ConfigError(f"config.model: {e}") from e
 
 
-def attention_for(config: ml_collections.ConfigDict, clip_config: CLIPConfig | None = None, dtype: Any = None) -> str:
+def attention_for(config: ml_collections.ConfigDict, clip_config: Any = None, dtype: Any = None) -> str:
   """clip.attention resolved for this machine and dtype: "cudnn" when cuDNN's fused attention can run both towers
   of `clip_config` (their head dimensions; None: not checked yet), else "xla"; a ConfigError when "cudnn" was asked
   for where it cannot run. A run saved before the entry existed reads as "auto": the implementation changes only
@@ -93,12 +103,13 @@ def attention_for(config: ml_collections.ConfigDict, clip_config: CLIPConfig | N
 
 
 def load_clip(config: ml_collections.ConfigDict, workdir: pathlib.Path,
-              create: bool = True) -> clip_checkpoint.LoadedCLIP:
-  return clip_checkpoint.from_pretrained(resolve_clip_path(config, workdir, create), image_size=config.clip.image_size,
-                                         dtype=jnp.dtype(config.clip.dtype))
+              create: bool = True) -> encoder_checkpoint.LoadedEncoder:
+  path = resolve_clip_path(config, workdir, create)
+  return encoder_checkpoint.from_pretrained(path, image_size=config.clip.image_size, dtype=jnp.dtype(config.clip.dtype),
+                                            family=encoder_family(config))
 
 
-def build_model(config: ml_collections.ConfigDict, clip: clip_checkpoint.LoadedCLIP) -> zegot.ZegOT:
+def build_model(config: ml_collections.ConfigDict, clip: encoder_checkpoint.LoadedEncoder) -> zegot.ZegOT:
   """The model at the config's settings. Under clip.attention="auto" the text tower stays on XLA's attention: it is
   the tower training differentiates (the CoOp contexts), and cuDNN's backward was not yet verified on a GPU
   (docs/speed.md); the frozen image tower, forward only, takes cuDNN's where it can run."""

@@ -165,7 +165,7 @@ class Segmenter:
       self._texts.move_to_end(names)
       return self._texts[names]
     tokens = jax.device_put(zegot.class_tokens(self.tokenizer, list(names), self.model.config,
-                                               self.model.clip_config.text.max_position_embeddings), self._replicated)
+                                               self.model.clip_config), self._replicated)
     self._texts[names] = self._encode(self.params, tokens)
     while len(self._texts) > self._text_cache:
       self._texts.popitem(last=False)

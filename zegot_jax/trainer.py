@@ -296,7 +296,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   model = from_config.build_model(config, clip)
   tokenizer = prompts.load_tokenizer(clip.path)
   tokens = jax.device_put(zegot.class_tokens(tokenizer, [spec.classes[i] for i in classes], model.config,
-                                             model.clip_config.text.max_position_embeddings),
+                                             model.clip_config),
                           replicated)
   clip_params = from_config.shard_clip_params(clip.params, mesh, config)
 

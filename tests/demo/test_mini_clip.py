@@ -11,7 +11,7 @@ import transformers
 
 from zegot_jax.data import textures
 from zegot_jax.demo import mini_clip, pretrain, probe
-from zegot_jax.models import clip_checkpoint, prompts
+from zegot_jax.models import encoder_checkpoint, prompts
 
 SHIPPED = mini_clip.shipped_path()
 # Dense zero-shot accuracy per patch (nearest class prompt; chance 8.3%) at layer 2, where it is highest for both
@@ -80,7 +80,7 @@ def test_batches_are_epochs_of_permutations():
 @pytest.fixture(scope="module")
 def shipped():
   assert (SHIPPED / "model.safetensors").is_file(), f"the shipped mini-CLIP is missing from {SHIPPED}"
-  return clip_checkpoint.from_pretrained(SHIPPED)
+  return encoder_checkpoint.from_pretrained(SHIPPED)
 
 
 def test_shipped_checkpoint_is_a_transformers_clip(shipped):
@@ -143,7 +143,7 @@ def test_pretraining_reproduces_the_shipped_run():
   settings = report["settings"]
   if os.environ.get("ZEGOT_SLOW") == "1":
     params, _, _, again = pretrain.train(**settings)
-    a, b = _flat(params), _flat(clip_checkpoint.from_pretrained(SHIPPED).params)
+    a, b = _flat(params), _flat(encoder_checkpoint.from_pretrained(SHIPPED).params)
     assert a.keys() == b.keys()
     for key in a:
       np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-5, err_msg=key)

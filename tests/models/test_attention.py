@@ -17,8 +17,10 @@ import pytest
 
 from zegot_jax import checkpoints, config_lib, from_config
 from zegot_jax.errors import ConfigError
-from zegot_jax.models import attention, tiny_clip, zegot
-from zegot_jax.models.clip import CLIP, Attention
+from zegot_jax.models import attention, zegot
+from zegot_jax.models import clip as clip_lib
+from zegot_jax.models.clip import CLIP
+from zegot_jax.models.transformer import Attention
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
@@ -112,7 +114,7 @@ def test_attention_with_lengths_equals_the_key_mask_on_the_real_tokens():
 
 @pytest.fixture(scope="module")
 def tiny():
-  config = tiny_clip.tiny_config()
+  config = clip_lib.tiny_config()
   model = CLIP(config)
   params = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 4), jnp.int32))
   rng = np.random.default_rng(0)
@@ -167,7 +169,7 @@ def test_every_config_defaults_to_auto():
 def test_the_setting_reaches_every_attention_call():
   """ZegOT's field reaches the frozen CLIP's attention calls: under "cudnn" a CPU fails in JAX's cuDNN call
   itself, for the image tower and for the text tower."""
-  clip_config = tiny_clip.tiny_config()
+  clip_config = clip_lib.tiny_config()
   images, tokens = jnp.zeros((1, 64, 64, 3), jnp.uint8), jnp.zeros((3, 12), jnp.int32)
   config = zegot.ZegOTConfig(num_prompts=2, context_length=2, dfa_layers=(1, 2), decoder_features=8)
   xla = zegot.ZegOT(clip_config, config, dtype=BF16, attention="xla")
@@ -253,7 +255,7 @@ def test_attention_parity_compares_and_times_both_sides(monkeypatch, capsys):
 
   monkeypatch.setattr(attention, "why_not_cudnn", lambda *args, **kwargs: None)
   monkeypatch.setattr(attention, "cuda_gpu", lambda: HOPPER)
-  monkeypatch.setattr(attention_parity, "vit_b16_config", lambda size: tiny_clip.tiny_config())
+  monkeypatch.setattr(attention_parity, "vit_b16_config", lambda size: clip_lib.tiny_config())
   monkeypatch.setattr(attention_parity, "MIDDLE_LAYER", 1)
   xla = jax.nn.dot_product_attention
   monkeypatch.setattr(jax.nn, "dot_product_attention", lambda *a, implementation=None, **k: xla(*a, **k))

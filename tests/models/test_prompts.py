@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from zegot_jax.models import clip_checkpoint, prompts
+from zegot_jax.models import encoder_checkpoint, prompts
 
 CLASSES = ["cat", "potted plant", "tv monitor", "sheep"]
 
@@ -14,7 +14,7 @@ CLASSES = ["cat", "potted plant", "tv monitor", "sheep"]
 @pytest.fixture(scope="module")
 def loaded(make_checkpoint):
   directory, torch_model = make_checkpoint()
-  return clip_checkpoint.from_pretrained(directory), torch_model, prompts.load_tokenizer(directory)
+  return encoder_checkpoint.from_pretrained(directory), torch_model, prompts.load_tokenizer(directory)
 
 
 def _encode_prompts(loaded_clip, ids, context):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from zegot_jax.models import clip_checkpoint, prompts, zegot
+from zegot_jax.models import encoder_checkpoint, prompts, zegot
 from zegot_jax.models.losses import segmentation_loss
 
 CLASSES = ["cat", "dog", "potted plant", "sheep", "tv monitor"]
@@ -17,7 +17,7 @@ BASE = zegot.ZegOTConfig(dfa_layers=(1, 2, 3), context_length=4, num_prompts=3, 
 @pytest.fixture(scope="module")
 def clip(make_checkpoint):
   directory, _ = make_checkpoint()
-  return clip_checkpoint.from_pretrained(directory), prompts.load_tokenizer(directory)
+  return encoder_checkpoint.from_pretrained(directory), prompts.load_tokenizer(directory)
 
 
 @pytest.fixture(scope="module")

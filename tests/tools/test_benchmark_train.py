@@ -108,9 +108,9 @@ def test_context_layout_builds_through_the_real_builder(tmp_path):
 
 
 def test_random_vit_b16_has_the_real_shapes(tmp_path):
-  from zegot_jax.models import clip_checkpoint  # pylint: disable=import-outside-toplevel
+  from zegot_jax.models import encoder_checkpoint  # pylint: disable=import-outside-toplevel
 
-  loaded = clip_checkpoint.from_pretrained(benchmark_train.random_clip("random-vit-b16", tmp_path), image_size=512)
+  loaded = encoder_checkpoint.from_pretrained(benchmark_train.random_clip("random-vit-b16", tmp_path), image_size=512)
   v, t = loaded.config.vision, loaded.config.text
   assert (v.hidden_size, v.num_hidden_layers, v.patch_size, v.grid) == (768, 12, 16, (32, 32))
   assert (t.hidden_size, t.num_hidden_layers, loaded.config.projection_dim) == (512, 12, 512)

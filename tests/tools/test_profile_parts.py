@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from zegot_jax import config_lib
-from zegot_jax.models import tiny_clip
+from zegot_jax.models import clip as clip_lib
 from zegot_jax.tools import device_trace, hlo_ops, profile_parts
 from zegot_jax.tools.bench import Bench
 from zegot_jax.tools.costs import compiled_cost
@@ -190,7 +190,7 @@ def tiny_step():
   """VOC's transductive train step with the tiny CLIP, compiled once: (bench, compiled, module)."""
   config = config_lib.load_config(str(ROOT / "configs" / "voc12_zs3.py") + ":runlocal=True")
   config.dataset = "voc12_zs3"  # 15 seen + 5 unseen classes: phase 2 has a teacher
-  bench = Bench(config, 1, jnp.float32, clip_config=tiny_clip.tiny_config())
+  bench = Bench(config, 1, jnp.float32, clip_config=clip_lib.tiny_config())
   compiled = jax.jit(bench.train_step(), donate_argnums=0).lower(*bench.train_args(1)).compile()
   return bench, compiled, hlo_ops.parse(compiled.as_text())
 

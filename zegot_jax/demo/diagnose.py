@@ -49,7 +49,8 @@ def diagnose(config, workdir, step: int | None = None, split: str | None = None,
   k, u = len(spec.classes), len(unseen)
   seen_mask = jnp.zeros(k, bool).at[jnp.asarray(seen)].set(True)
   text = run.model.apply({"params": run.params}, zegot.class_tokens(run.tokenizer, list(spec.classes),
-                                                                     run.model.config), method="encode_classes")
+                                                                     run.model.config, run.model.clip_config),
+                          method="encode_classes")
 
   @jax.jit
   def measure(images, labels):

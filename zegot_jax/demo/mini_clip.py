@@ -2,7 +2,7 @@
 
 It ships inside the package (`zegot_jax/demo/mini_clip/`, transformers' format, with `knowledge.json`: what it
 knows, measured on held-out scenes) and is selected with `clip.path = "mini-clip"`; it loads through the same
-`clip_checkpoint.from_pretrained` as any real CLIP. `python -m zegot_jax.demo.pretrain --out DIR` reproduces
+`encoder_checkpoint.from_pretrained` as any real CLIP. `python -m zegot_jax.demo.pretrain --out DIR` reproduces
 it. This module holds what both need: the architecture and the caption tokenizer.
 """
 

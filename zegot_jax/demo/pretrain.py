@@ -41,7 +41,7 @@ from tqdm import tqdm
 from zegot_jax import cli, errors
 from zegot_jax.data import textures
 from zegot_jax.demo import mini_clip, probe
-from zegot_jax.models import clip_checkpoint, prompts
+from zegot_jax.models import encoder_checkpoint, prompts
 from zegot_jax.models.clip import CLIP, normalize_image
 
 PRETRAIN_STREAM = 1000  # generator stream of the pretraining images (textures_zs3 uses 0, 1 and 2)
@@ -221,7 +221,7 @@ def pretrain(out: str | os.PathLike, **settings) -> pathlib.Path:
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
   try:
     tmp.chmod(0o755)  # mkdtemp's 0700 would make a shared checkpoint unreadable to others
-    clip_checkpoint.save_pretrained(params, config, tmp)
+    encoder_checkpoint.save_pretrained(params, config, tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / "pretraining.json").write_text(json.dumps(report, indent=1) + "\n")
     (tmp / "knowledge.json").write_text(json.dumps(knowledge, indent=1) + "\n")

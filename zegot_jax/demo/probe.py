@@ -201,10 +201,10 @@ def format_knowledge(k: dict) -> str:
 def main(argv, f: dict):
   del argv
   from zegot_jax.demo import mini_clip  # pylint: disable=g-import-not-at-top
-  from zegot_jax.models import clip_checkpoint  # pylint: disable=g-import-not-at-top
+  from zegot_jax.models import encoder_checkpoint  # pylint: disable=g-import-not-at-top
 
   path = pathlib.Path(f["clip"].value or mini_clip.shipped_path())
-  clip = clip_checkpoint.from_pretrained(str(path))
+  clip = encoder_checkpoint.from_pretrained(str(path))
   k = knowledge(clip.model, clip.params, prompts.load_tokenizer(str(path)))
   print(format_knowledge(k))
   if f["write"].value:

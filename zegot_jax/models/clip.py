@@ -2,8 +2,8 @@
 
 Parameter names mirror transformers' state-dict keys (`vision_model/encoder/layers_0/self_attn/q_proj/kernel`
 for `vision_model.encoder.layers.0.self_attn.q_proj.weight`), so loading is a fixed renaming and transposing
-(see `encoder_checkpoint.py`). The transformer blocks are shared with SigLIP (`transformer.py`). Images are NHWC. Everything ZegOT reads from the frozen towers comes out of one
-forward pass:
+(see `encoder_checkpoint.py`). The transformer blocks are shared with SigLIP (`transformer.py`). Images are NHWC.
+Everything ZegOT reads from the frozen towers comes out of one forward pass:
 
   * the global image embedding f̄ (CLS → post_layernorm → visual_projection),
   * the patch tokens of any requested layers, raw and mapped through the frozen post_layernorm and
@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from zegot_jax.models import transformer
-from zegot_jax.models.pos_embed import resize_position_embedding
-from zegot_jax.models.transformer import (Dtype, Encoder, TextOutput, TowerConfig, VisionConfig, VisionOutput,
-                                          layer_norm, splice_contexts)
+from zegot_jax.models import prompts, transformer
+from zegot_jax.models.pos_embed import Method, resize_position_embedding
+from zegot_jax.models.transformer import (Dtype, Encoder, Family, TextOutput, TowerConfig, VisionConfig,
+                                          VisionOutput, layer_norm, splice_contexts)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +36,18 @@ class TextConfig(TowerConfig):
   eos_token_id: int = 49407
 
 
+# OpenAI's CLIP preprocessing statistics (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
 @dataclasses.dataclass(frozen=True)
 class CLIPConfig:
   vision: VisionConfig
   text: TextConfig
   projection_dim: int = 512
+  image_mean: tuple[float, ...] = CLIP_MEAN  # the checkpoint's preprocessor_config.json, when it has one
+  image_std: tuple[float, ...] = CLIP_STD
 
   family = "clip"  # the encoder family's name (`encoders.FAMILIES`)
   # The text conventions ZegOT's prompts follow: `[SOS] X×C <name>. [EOS]`, so the contexts start at position 1;
@@ -244,7 +252,7 @@ class CLIP(nn.Module):
     return self.text_model(input_ids, self.text_projection, attention_mask=attention_mask,
                            padding_as_lengths=padding_as_lengths)
 
-  def encode_prompts(self, input_ids: jax.Array, context: jax.Array, context_start: int = 1) -> TextOutput:
+  def encode_prompts(self, input_ids: jax.Array, context: jax.Array, context_start: int | None = None) -> TextOutput:
     """CoOp prompts: every class's token ids, with the tokens at [context_start, context_start + C) replaced by
     each of N learnable contexts.
 
@@ -252,16 +260,60 @@ class CLIP(nn.Module):
     context:   (N, C, width) learnable context vectors, shared by all classes.
     Returns text embeddings (K, N, D).
     """
-    embeds = splice_contexts(self.text_model.embed_tokens(input_ids), context, context_start)  # (K, N, T, width)
+    start = self.config.context_start if context_start is None else context_start
+    embeds = splice_contexts(self.text_model.embed_tokens(input_ids), context, start)  # (K, N, T, width)
     ids = jnp.broadcast_to(input_ids[:, None], embeds.shape[:3])
     return self.text_model(ids, self.text_projection, inputs_embeds=embeds)
 
 
-# OpenAI's CLIP preprocessing statistics (transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+def normalize_image(images: jax.Array, config: CLIPConfig | None = None) -> jax.Array:
+  """uint8 (…, H, W, 3) in [0, 255] or float in [0, 1] → normalized float32 by the config's statistics (OpenAI's
+  when None)."""
+  mean, std = (CLIP_MEAN, CLIP_STD) if config is None else (config.image_mean, config.image_std)
+  return transformer.normalize_image(images, mean, std)
 
 
-def normalize_image(images: jax.Array) -> jax.Array:
-  """uint8 (…, H, W, 3) in [0, 255] or float in [0, 1] → CLIP-normalized float32."""
-  return transformer.normalize_image(images, CLIP_MEAN, CLIP_STD)
+# ----------------------------------------------------------------------------------------------- transformers configs
+
+
+def config_from_hf(raw: dict[str, Any], *, pos_grid: tuple[int, int] | None = None,
+                   pos_resize_method: Method = "bicubic") -> CLIPConfig:
+  """Our `CLIPConfig` from a checkpoint's config.json (read through transformers' `CLIPConfig`)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  hf = transformers.CLIPConfig.from_dict(raw)
+  v, t = hf.vision_config, hf.text_config
+  return CLIPConfig(
+      vision=VisionConfig(**transformer.tower_fields(v), image_size=v.image_size, patch_size=v.patch_size,
+                          num_channels=v.num_channels, pos_grid=pos_grid, pos_resize_method=pos_resize_method),
+      text=TextConfig(**transformer.tower_fields(t), vocab_size=t.vocab_size,
+                      max_position_embeddings=t.max_position_embeddings, eos_token_id=t.eos_token_id),
+      projection_dim=hf.projection_dim)
+
+
+def config_to_hf(config: CLIPConfig):
+  """transformers' `CLIPConfig` for our config (square position grids only, as transformers requires)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  v, t = config.vision, config.text
+  return transformers.CLIPConfig(
+      vision_config=dict(**transformer.tower_fields(v), image_size=transformer.square_image_size(v),
+                         patch_size=v.patch_size, num_channels=v.num_channels),
+      text_config=dict(**transformer.tower_fields(t), vocab_size=t.vocab_size,
+                       max_position_embeddings=t.max_position_embeddings, eos_token_id=t.eos_token_id,
+                       bos_token_id=max(t.eos_token_id - 1, 0)),
+      projection_dim=config.projection_dim)
+
+
+def tiny_config() -> CLIPConfig:
+  """The tiny random CLIP of `clip.path = "random-tiny"`, with `prompts.byte_level_tokenizer()`."""
+  tokenizer_size = 514  # 512 symbols + [SOS] + [EOS]
+  return CLIPConfig(
+      vision=VisionConfig(32, 64, 2, 4, image_size=64, patch_size=8),
+      text=TextConfig(32, 64, 2, 4, vocab_size=tokenizer_size, max_position_embeddings=77, eos_token_id=513),
+      projection_dim=32)
+
+
+FAMILY = Family(name="clip", model_type="clip", module=CLIP, config_from_hf=config_from_hf,
+                config_to_hf=config_to_hf, hf_model="CLIPModel", class_tokens=1, tiny_config=tiny_config,
+                tiny_tokenizer=prompts.byte_level_tokenizer)

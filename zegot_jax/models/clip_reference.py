@@ -1,5 +1,5 @@
-"""The reference side of the CLIP parity check: transformers' PyTorch `CLIPModel` and the Flax CLIP run on the same
-inputs, output by output, and their relative errors. Used by `python -m zegot_jax.tools.clip_parity` and by the
+"""The reference side of the encoder parity check: transformers' PyTorch `CLIPModel` or `SiglipModel` and our Flax
+module of the same family run on the same inputs, output by output, and their relative errors. Used by `python -m zegot_jax.tools.clip_parity` and by the
 tests. Needs torch and transformers (the `test` extra); they are imported only when a function needs them.
 """
 
@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from zegot_jax.models import clip_checkpoint, prompts
+from zegot_jax.models import encoder_checkpoint, encoders, prompts
 
 FLOAT32_TOLERANCE = 1e-5
 BFLOAT16_TOLERANCE = 3e-2
@@ -22,7 +22,7 @@ CLASS_NAMES = ("aeroplane", "potted plant", "tv monitor", "sheep")
 
 def reference_outputs(torch_model, pixels: np.ndarray, input_ids: np.ndarray, feature_layers: Sequence[int],
                       attention_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """Named outputs of transformers' CLIPModel: pixels (B, H, W, 3) NHWC, CLIP-normalized; ids (K, T)."""
+  """Named outputs of transformers' CLIPModel or SiglipModel: pixels (B, H, W, 3) NHWC, normalized; ids (K, T)."""
   import torch  # pylint: disable=g-import-not-at-top
 
   px = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).float()
@@ -35,9 +35,10 @@ def reference_outputs(torch_model, pixels: np.ndarray, input_ids: np.ndarray, fe
     b, _, height, width = px.shape
     patch = m.config.vision_config.patch_size
     h, w = height // patch, width // patch
+    to_joint_space, class_tokens = _torch_joint_space(m)
 
-    def dense(tokens):  # (B, 1 + h*w, C) → post_layernorm → visual_projection → (B, h, w, D)
-      return m.visual_projection(m.vision_model.post_layernorm(tokens[:, 1:])).reshape(b, h, w, -1)
+    def dense(tokens):  # (B, [1 +] h*w, C) → the family's map to the joint space → (B, h, w, D)
+      return to_joint_space(tokens[:, class_tokens:]).reshape(b, h, w, -1)
 
     last = m.vision_model.encoder.layers[-1]
     values = last.self_attn.out_proj(last.self_attn.v_proj(last.layer_norm1(vision.hidden_states[-2])))
@@ -55,9 +56,29 @@ def reference_outputs(torch_model, pixels: np.ndarray, input_ids: np.ndarray, fe
   return {k: v.float().numpy() for k, v in out.items()}
 
 
-def flax_outputs(loaded: clip_checkpoint.LoadedCLIP, pixels: np.ndarray, input_ids: np.ndarray,
+def _torch_joint_space(m):
+  """(the map of a patch token to the joint space, rows before the patches) of a transformers model, built from
+  its own submodules: CLIP's post_layernorm → visual_projection; SigLIP's post_layernorm → its pooling head as if
+  the probe attended to that token alone (the value rows of the packed in_proj, out_proj, then the residual MLP)."""
+  import torch  # pylint: disable=g-import-not-at-top
+
+  post = m.vision_model.post_layernorm
+  if m.config.model_type == "clip":
+    return (lambda t: m.visual_projection(post(t))), 1
+  head = m.vision_model.head
+  d = m.config.vision_config.hidden_size
+  w_v, b_v = head.attention.in_proj_weight[2 * d:], head.attention.in_proj_bias[2 * d:]
+
+  def siglip(tokens):
+    x = head.attention.out_proj(torch.nn.functional.linear(post(tokens), w_v, b_v))
+    return x + head.mlp(head.layernorm(x))
+
+  return siglip, 0
+
+
+def flax_outputs(loaded: encoder_checkpoint.LoadedEncoder, pixels: np.ndarray, input_ids: np.ndarray,
                  feature_layers: Sequence[int], attention_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
-  """The same named outputs from the Flax CLIP, computed under jit."""
+  """The same named outputs from our Flax module, computed under jit."""
   variables = {"params": loaded.params}
 
   @jax.jit
@@ -105,28 +126,31 @@ def group_errors(errors: dict[str, float]) -> dict[str, float]:
 
 def compare_checkpoint(directory, image_size: tuple[int, int], dtype=jnp.float32, seed: int = 0,
                        feature_layers: Sequence[int] | None = None) -> dict[str, float]:
-  """Loads `directory` both ways and returns the relative error of every output on random inputs."""
+  """Loads `directory` both ways (ours and transformers' model class of its family) and returns the relative error
+  of every output on random inputs."""
   import transformers  # pylint: disable=g-import-not-at-top
 
-  directory = clip_checkpoint.resolve_checkpoint_dir(directory)
-  torch_model = transformers.CLIPModel.from_pretrained(directory).eval()
-  loaded = clip_checkpoint.from_pretrained(directory, dtype=dtype)
+  directory = encoder_checkpoint.resolve_checkpoint_dir(directory)
+  loaded = encoder_checkpoint.from_pretrained(directory, dtype=dtype)
+  torch_model = getattr(transformers, loaded.family.hf_model).from_pretrained(directory).eval()
   layers = feature_layers or range(1, loaded.config.vision.num_hidden_layers + 1)
   rng = np.random.default_rng(seed)
   pixels = rng.standard_normal((2, *image_size, loaded.config.vision.num_channels)).astype(np.float32)
-  ids = prompts.tokenize(prompts.load_tokenizer(directory), [f"a photo of a {n}." for n in CLASS_NAMES])
+  max_length = loaded.config.text.max_position_embeddings
+  ids = prompts.tokenize(prompts.load_tokenizer(directory), [f"a photo of a {n}." for n in CLASS_NAMES],
+                         length=max_length if loaded.config.pad_to_max_length else None, max_length=max_length)
   ours = flax_outputs(loaded, pixels, ids, layers)
   return relative_errors(ours, reference_outputs(torch_model, pixels, ids, layers))
 
 
-def random_torch_clip(config, seed: int = 0, scale: float = 0.1):
-  """transformers' CLIPModel with every parameter perturbed by N(0, scale²), so that biases and layer norms
-  (initialized to 0 and 1) matter in a comparison."""
+def random_torch_model(config, seed: int = 0, scale: float = 0.1):
+  """transformers' model of the config's family (`CLIPModel`, `SiglipModel`) with every parameter perturbed by
+  N(0, scale²), so that biases and layer norms (initialized to 0 and 1) matter in a comparison."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
 
   torch.manual_seed(seed)
-  model = transformers.CLIPModel(config).eval()
+  model = getattr(transformers, encoders.detect(config.to_dict()).hf_model)(config).eval()
   with torch.no_grad():
     for p in model.parameters():
       p.add_(scale * torch.randn_like(p))
@@ -134,7 +158,8 @@ def random_torch_clip(config, seed: int = 0, scale: float = 0.1):
 
 
 def save_with_tokenizer(torch_model, directory: pathlib.Path) -> pathlib.Path:
-  """A transformers checkpoint directory with the byte-level tokenizer (`prompts.byte_level_tokenizer`)."""
+  """A transformers checkpoint directory with its family's tiny tokenizer (CLIP: `prompts.byte_level_tokenizer`,
+  SigLIP: `siglip.tiny_tokenizer`)."""
   torch_model.save_pretrained(directory)
-  prompts.byte_level_tokenizer().save_pretrained(directory)
+  encoders.detect(torch_model.config.to_dict()).tiny_tokenizer().save_pretrained(directory)
   return directory

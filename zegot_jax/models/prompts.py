@@ -1,9 +1,11 @@
-"""Token ids of class prompts for the frozen CLIP text tower.
+"""Token ids of class prompts for the frozen encoder's text tower.
 
-CoOp prompts are `[SOS] X×C <class name> . [EOS]`: the C placeholder tokens are replaced by learnable context
-vectors in `CLIP.encode_prompts`. The text tower is causal, so the pooled EOS output does not depend on anything
-after the EOS: sequences are cut to the shortest length that holds the longest prompt (K·N sequences per step
-make this a large saving) and `encode_prompts` gives the same embeddings as at 77 tokens.
+CoOp prompts are `[SOS] X×C <class name> . [EOS]` (CLIP) or `X×C <class name> . </s>` (SigLIP): the C placeholder
+tokens are replaced by learnable context vectors in `encode_prompts`. CLIP's text tower is causal, so the pooled
+EOS output does not depend on anything after the EOS: sequences are cut to the shortest length that holds the
+longest prompt (K·N sequences per step make this a large saving) and `encode_prompts` gives the same embeddings as
+at 77 tokens. SigLIP's pools the last position of texts padded to 64 tokens, as it was trained; its prompts are
+padded there (`zegot.class_tokens`).
 """
 
 from __future__ import annotations
@@ -21,19 +23,19 @@ PLACEHOLDER = "X"  # CoOp's placeholder word; its embedding never reaches the en
 
 class PromptTokens(NamedTuple):
   input_ids: np.ndarray  # (K, T) int32, padded with the tokenizer's pad id
-  context_start: int  # first placeholder position (1: right after [SOS])
+  context_start: int  # first placeholder position (CLIP: 1, right after [SOS]; SigLIP: 0)
   num_context: int  # C
 
 
 def load_tokenizer(directory: str | os.PathLike):
-  """The transformers CLIP tokenizer saved in a checkpoint directory (as `from_pretrained` resolved it)."""
+  """The transformers tokenizer saved in a checkpoint directory (as `from_pretrained` resolved it)."""
   import transformers  # pylint: disable=g-import-not-at-top
 
   directory = pathlib.Path(directory)
-  names = ("tokenizer.json", "vocab.json")
+  names = ("tokenizer.json", "vocab.json", "spiece.model")
   if not any((directory / n).is_file() for n in names):
-    raise FileNotFoundError(f"{directory} has no tokenizer: expected tokenizer.json (or vocab.json + merges.txt) "
-                            f"as written by CLIPTokenizer.save_pretrained")
+    raise FileNotFoundError(f"{directory} has no tokenizer: expected tokenizer.json (or CLIP's vocab.json + "
+                            f"merges.txt, or SigLIP's spiece.model) as written by the tokenizer's save_pretrained")
   return transformers.AutoTokenizer.from_pretrained(str(directory))
 
 
@@ -104,12 +106,22 @@ def prompt_token_ids(tokenizer, class_names: Sequence[str], num_context: int, *,
   prefix = " ".join([PLACEHOLDER] * num_context)
   texts = [f"{prefix} {n}." if prefix else f"{n}." for n in names]
   ids = tokenize(tokenizer, texts, length=length, max_length=max_length)
-  placeholder_ids = tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"]
-  if len(placeholder_ids) != 1:
-    raise ValueError(f"the placeholder {PLACEHOLDER!r} is not a single token for this tokenizer")
-  if num_context and not np.all(ids[:, 1:1 + num_context] == placeholder_ids[0]):
+  start = context_start(tokenizer)
+  if num_context and not np.all(ids[:, start:start + num_context] == placeholder_id(tokenizer)):
     raise ValueError("placeholder tokens were merged with a class name by the tokenizer; check the class names")
-  return PromptTokens(ids, 1, num_context)
+  return PromptTokens(ids, start, num_context)
+
+
+def placeholder_id(tokenizer) -> int:
+  ids = tokenizer(PLACEHOLDER, add_special_tokens=False)["input_ids"]
+  if len(ids) != 1:
+    raise ValueError(f"the placeholder {PLACEHOLDER!r} is not a single token for this tokenizer")
+  return ids[0]
+
+
+def context_start(tokenizer) -> int:
+  """Where the tokenizer puts the first word: after its start token (CLIP: 1), or at 0 when it has none (SigLIP)."""
+  return tokenizer(PLACEHOLDER, add_special_tokens=True)["input_ids"].index(placeholder_id(tokenizer))
 
 
 def byte_level_tokenizer():

@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from zegot_jax.models import encoders, transformer
 from zegot_jax.models import prompts as prompts_lib
-from zegot_jax.models.clip import CLIP, CLIPConfig, normalize_image
 from zegot_jax.models.decoder import ClassAgnosticDecoder
 from zegot_jax.models.mpot import SinkhornConfig, bipartite_refine, mpot_refine
 
@@ -157,15 +157,19 @@ def _frozen(tree):
   return jax.tree_util.tree_map(jax.lax.stop_gradient, tree)
 
 
-# CLIP whose parameters are read through stop_gradient: no gradient reaches them, whatever is differentiated.
-FrozenCLIP = nn.map_variables(CLIP, "params", trans_in_fn=_frozen, init=True,
-                              methods=("__call__", "encode_image", "encode_text", "encode_prompts"))
+@functools.cache
+def frozen_encoder(module: type[nn.Module]) -> type[nn.Module]:
+  """The encoder family's module whose parameters are read through stop_gradient: no gradient reaches them, whatever
+  is differentiated."""
+  return nn.map_variables(module, "params", trans_in_fn=_frozen, init=True,
+                          methods=("__call__", "encode_image", "encode_text", "encode_prompts"))
 
 
 class ZegOT(nn.Module):
-  """The whole model on top of a frozen CLIP of `clip_config`; see the module docstring for the data flow."""
+  """The whole model on top of a frozen encoder of `clip_config` (any family of `encoders.FAMILIES`: CLIP, SigLIP);
+  see the module docstring for the data flow."""
 
-  clip_config: CLIPConfig
+  clip_config: Any  # the encoder's config (`clip.CLIPConfig`, `siglip.SiglipConfig`)
   config: ZegOTConfig = ZegOTConfig()
   dtype: Any = jnp.float32  # compute dtype of CLIP, GA and the decoder; MPOT and the fusion run in float32
   attention: str = "xla"  # CLIP's attention implementation, "xla" or "cudnn" (`attention.resolve`)
@@ -175,10 +179,10 @@ class ZegOT(nn.Module):
     c, clip_config = self.config, self.clip_config
     d = clip_config.projection_dim
     if c.dfa_layers[-1] > clip_config.vision.num_hidden_layers:
-      raise ValueError(f"ZegOTConfig.dfa_layers={c.dfa_layers} reach past the CLIP image tower's "
+      raise ValueError(f"ZegOTConfig.dfa_layers={c.dfa_layers} reach past the image tower's "
                        f"{clip_config.vision.num_hidden_layers} layers")
-    self.clip = FrozenCLIP(clip_config, dtype=self.dtype, attention=self.attention,
-                           text_attention=self.text_attention)
+    module = frozen_encoder(encoders.family_of(clip_config).module)
+    self.clip = module(clip_config, dtype=self.dtype, attention=self.attention, text_attention=self.text_attention)
     if c.prompts == "learnable":
       self.context = self.param("context", nn.initializers.normal(c.context_init_std),
                                 (c.num_prompts, c.context_length, clip_config.text.hidden_size), jnp.float32)
@@ -220,7 +224,8 @@ class ZegOT(nn.Module):
     """The frozen image tower's part: f_i of every DFA layer and f̄, L2-normalized. It depends on no trainable
     parameter, so a training step computes it once and shares it between the teacher and the student."""
     c = self.config
-    vision = self.clip.encode_image(normalize_image(images), feature_layers=c.dfa_layers,
+    pixels = transformer.normalize_image(images, self.clip_config.image_mean, self.clip_config.image_std)
+    vision = self.clip.encode_image(pixels, feature_layers=c.dfa_layers,
                                     value_embeddings=c.dense_features == "maskclip")
     dense = [vision.dense_features[i] for i in c.dfa_layers]
     if c.dense_features == "maskclip":
@@ -292,14 +297,25 @@ class ZegOT(nn.Module):
 # ----------------------------------------------------------------------------------------------- helpers
 
 
-def class_tokens(tokenizer, class_names: Sequence[str], config: ZegOTConfig, max_length: int = 77) -> np.ndarray:
-  """Token ids for `ZegOT.encode_classes`, at the shortest length that holds every prompt:
-  (K, T) CoOp ids for learnable prompts, (K, N, T) filled templates for hand-crafted prompts."""
+def class_tokens(tokenizer, class_names: Sequence[str], config: ZegOTConfig, encoder: Any = None) -> np.ndarray:
+  """Token ids for `ZegOT.encode_classes` under the text conventions of the `encoder` config (its context_start,
+  pad_to_max_length and max_position_embeddings; None: CLIP's, 77 tokens): (K, T) CoOp ids for learnable prompts,
+  (K, N, T) filled templates for hand-crafted prompts. T is the shortest length that holds every prompt, or the
+  text tower's maximum for a family trained on padded texts (SigLIP)."""
   names = prompts_lib.check_class_names(class_names)
+  max_length = 77 if encoder is None else encoder.text.max_position_embeddings
+  length = max_length if encoder is not None and encoder.pad_to_max_length else None
   if config.prompts == "learnable":
-    return prompts_lib.prompt_token_ids(tokenizer, names, config.context_length, max_length=max_length).input_ids
+    tokens = prompts_lib.prompt_token_ids(tokenizer, names, config.context_length, length=length,
+                                          max_length=max_length)
+    expected = 1 if encoder is None else encoder.context_start
+    if tokens.context_start != expected:
+      raise ValueError(f"this tokenizer puts the prompt context at position {tokens.context_start}, the "
+                       f"{getattr(encoder, 'family', 'clip')} text tower expects it at {expected}: the tokenizer "
+                       f"does not belong to the checkpoint")
+    return tokens.input_ids
   texts = [t.format(n) for n in names for t in config.templates]
-  ids = prompts_lib.tokenize(tokenizer, texts, max_length=max_length)
+  ids = prompts_lib.tokenize(tokenizer, texts, length=length, max_length=max_length)
   return ids.reshape(len(names), len(config.templates), -1)
 
 

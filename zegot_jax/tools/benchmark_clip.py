@@ -39,9 +39,9 @@ import numpy as np
 from absl import flags
 
 from zegot_jax import cli, errors
-from zegot_jax.models import attention, clip_checkpoint, prompts
+from zegot_jax.models import attention, encoder_checkpoint, prompts
 from zegot_jax.models.clip import CLIP
-from zegot_jax.models.clip_reference import random_torch_clip, save_with_tokenizer
+from zegot_jax.models.clip_reference import random_torch_model, save_with_tokenizer
 from zegot_jax.tools import costs
 
 # The issue's targets: our image tower in bfloat16 this many times as fast as transformers' PyTorch (sdpa, eager).
@@ -86,7 +86,7 @@ def vit_b16_checkpoint(directory: pathlib.Path) -> pathlib.Path:
       vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                          image_size=224, patch_size=16),
       projection_dim=512)
-  return save_with_tokenizer(random_torch_clip(config, scale=0.02), directory)
+  return save_with_tokenizer(random_torch_model(config, scale=0.02), directory)
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -163,7 +163,7 @@ def our_calls(implementations: list[str], model_for: Callable[[str], CLIP], meth
 
 def image_input(directory, reference, torch, device, implementations: list[str], dtype_name: str, size: int,
                 batch: int, rng: np.random.Generator) -> Input:
-  loaded = clip_checkpoint.from_pretrained(directory, image_size=size, dtype=jnp.dtype(dtype_name))
+  loaded = encoder_checkpoint.from_pretrained(directory, image_size=size, dtype=jnp.dtype(dtype_name))
   params = jax.device_put(loaded.params)  # host arrays: on the device once, not at every call
   pixels = rng.standard_normal((batch, size, size, 3)).astype(np.float32)
   px_torch = torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2))).to(device, reference.dtype)
@@ -183,7 +183,7 @@ def image_input(directory, reference, torch, device, implementations: list[str],
 
 def text_input(directory, reference, torch, device, implementations: list[str], dtype_name: str,
                count: int) -> Input:
-  loaded = clip_checkpoint.from_pretrained(directory, dtype=jnp.dtype(dtype_name))
+  loaded = encoder_checkpoint.from_pretrained(directory, dtype=jnp.dtype(dtype_name))
   params = jax.device_put(loaded.params)
   tokenizer = prompts.load_tokenizer(directory)
   names = [f"a photo of a class number {i}." for i in range(count)]

@@ -58,7 +58,7 @@ from zegot_jax import cli, config_lib, errors, from_config, trainer
 from zegot_jax.data import build, registry
 from zegot_jax.data.builders import BUILDERS
 from zegot_jax.data.classes import DatasetSpec
-from zegot_jax.models import clip_checkpoint, prompts, tiny_clip
+from zegot_jax.models import encoder_checkpoint, prompts, tiny_clip
 from zegot_jax.models.clip import vit_b16_config
 from zegot_jax.tools import make_benchmark_data
 
@@ -246,9 +246,9 @@ def random_clip(kind: str, directory: pathlib.Path, seed: int = 0) -> pathlib.Pa
       return np.full(leaf.shape, np.log(1 / 0.07), np.float32)
     return 0.02 * rng.standard_normal(leaf.shape, np.float32)
 
-  params = jax.tree_util.tree_map_with_path(draw, clip_checkpoint.abstract_params(config))
+  params = jax.tree_util.tree_map_with_path(draw, encoder_checkpoint.abstract_params(config))
   tokenizer.save_pretrained(directory)
-  return clip_checkpoint.save_pretrained(params, config, directory)
+  return encoder_checkpoint.save_pretrained(params, config, directory)
 
 
 # ----------------------------------------------------------------------------------------------- measuring

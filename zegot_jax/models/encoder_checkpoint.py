@@ -1,8 +1,10 @@
-"""Loading any transformers CLIP checkpoint into the Flax CLIP, and saving one back.
+"""Loading any transformers checkpoint of a supported encoder family (CLIP, SigLIP: `encoders.FAMILIES`) into its
+Flax module, and saving one back.
 
 A checkpoint is a directory with `config.json` and weights (`model.safetensors`, a sharded
 `model.safetensors.index.json`, or `pytorch_model.bin` when torch is installed), or a Hugging Face hub id that
-is in the local cache or can be downloaded. transformers parses the config; no torch is needed for safetensors.
+is in the local cache or can be downloaded. The family comes from config.json's model_type; transformers parses
+the config; no torch is needed for safetensors. Pixel statistics come from preprocessor_config.json when present.
 
 State-dict keys map to Flax paths by a fixed rule: `.layers.N.` → `layers_N`, and a module's `weight` becomes
 `kernel` (Linear: transposed; Conv: OIHW → HWIO), `scale` (LayerNorm) or `embedding` (Embedding), whichever the
@@ -11,6 +13,7 @@ Flax module has. Every key, shape and missing entry is checked against the confi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -23,8 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from zegot_jax.errors import UserError
-from zegot_jax.models.clip import CLIP, CLIPConfig, TextConfig, VisionConfig
+from zegot_jax.models import encoders
 from zegot_jax.models.pos_embed import Method, resize_position_embedding
+from zegot_jax.models.transformer import Family
 
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -32,21 +36,21 @@ TORCH_BIN = "pytorch_model.bin"
 TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 # Files a ZegOT run needs from a hub repository (weights in either format, the tokenizer and preprocessing).
 HUB_FILES = ("config.json", "*.safetensors", SAFETENSORS_INDEX, "tokenizer*.json", "vocab.json", "merges.txt",
-             "special_tokens_map.json", "preprocessor_config.json")
+             "spiece.model", "special_tokens_map.json", "preprocessor_config.json")
 # Buffers some transformers versions saved; they are not parameters.
 _IGNORED_KEYS = re.compile(r"(text_model|vision_model)\.embeddings\.position_ids$")
-POS_EMBED_PATH = ("vision_model", "embeddings", "position_embedding", "embedding")
 
 
 class CheckpointError(UserError, ValueError):
   """A checkpoint that cannot be used: missing, malformed, or not matching its config."""
 
 
-class LoadedCLIP(NamedTuple):
-  model: CLIP
+class LoadedEncoder(NamedTuple):
+  model: Any  # the family's Flax module (`clip.CLIP`, `siglip.Siglip`)
   params: dict[str, Any]  # the Flax parameter pytree (without the "params" collection wrapper)
-  config: CLIPConfig
+  config: Any  # the family's config (`clip.CLIPConfig`, `siglip.SiglipConfig`)
   path: pathlib.Path  # the resolved local directory
+  family: Family
 
 
 # ----------------------------------------------------------------------------------------------- locating files
@@ -60,7 +64,7 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, *, offline: bool | N
   name = str(name_or_path)
   looks_like_path = path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1 or path.exists()
   if looks_like_path:
-    raise CheckpointError(f"CLIP checkpoint directory {name!r} does not exist (or is not a directory). "
+    raise CheckpointError(f"encoder checkpoint directory {name!r} does not exist (or is not a directory). "
                           f"It must hold config.json and {SAFETENSORS} (as written by save_pretrained).")
   import huggingface_hub  # pylint: disable=g-import-not-at-top
 
@@ -78,7 +82,7 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, *, offline: bool | N
     except Exception as e:  # pylint: disable=broad-except  (hub raises many types; all mean "not available")
       errors.append(f"{'cache' if local_only else 'download'}: {type(e).__name__}: {e}".splitlines()[0])
   raise CheckpointError(
-      f"Could not find CLIP checkpoint {name!r}: it is not a local directory, not in the Hugging Face cache"
+      f"Could not find encoder checkpoint {name!r}: it is not a local directory, not in the Hugging Face cache"
       f"{'' if offline else ', and downloading it failed'} ({'; '.join(errors)}).\n"
       f"On a machine with internet, download it with\n"
       f"    hf download {name} --include '*.json' '*.safetensors' '*.txt' --local-dir <DIR>\n"
@@ -102,7 +106,7 @@ def _weight_files(directory: pathlib.Path) -> tuple[str, list[pathlib.Path]]:
     return "safetensors", [directory / SAFETENSORS]
   if (directory / TORCH_BIN).is_file():
     return "torch", [directory / TORCH_BIN]
-  raise CheckpointError(f"{directory} holds no CLIP weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or "
+  raise CheckpointError(f"{directory} holds no encoder weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or "
                         f"{TORCH_BIN}; found {sorted(p.name for p in directory.iterdir())}")
 
 
@@ -126,7 +130,7 @@ def read_state_dict(directory: pathlib.Path) -> dict[str, np.ndarray]:
       except ImportError as e:
         raise CheckpointError(
             f"{f} is a PyTorch pickle and torch is not installed. Install torch, or convert the checkpoint "
-            f"to safetensors once (transformers: CLIPModel.from_pretrained(dir).save_pretrained(dir)).") from e
+            f"to safetensors once (transformers: AutoModel.from_pretrained(dir).save_pretrained(dir)).") from e
       try:
         tensors = torch.load(f, map_location="cpu", weights_only=True)
       except Exception as e:  # pylint: disable=broad-except
@@ -138,64 +142,39 @@ def read_state_dict(directory: pathlib.Path) -> dict[str, np.ndarray]:
 # ----------------------------------------------------------------------------------------------- configs
 
 
-def read_hf_config(directory: pathlib.Path):
-  """transformers' `CLIPConfig` of a checkpoint directory, after checking that it is a CLIP config."""
-  import transformers  # pylint: disable=g-import-not-at-top
-
+def read_hf_config(directory: pathlib.Path) -> tuple[Family, dict[str, Any]]:
+  """(family, config.json as a dict) of a checkpoint directory; the family from its model_type."""
   config_file = directory / "config.json"
   if not config_file.is_file():
-    raise CheckpointError(f"{directory} has no config.json (a transformers CLIP checkpoint directory needs one)")
+    raise CheckpointError(f"{directory} has no config.json (a transformers checkpoint directory needs one)")
   try:
     raw = json.loads(config_file.read_text())
   except json.JSONDecodeError as e:
     raise CheckpointError(f"{config_file}: not valid JSON ({e})") from e
-  model_type = raw.get("model_type")
-  if model_type != "clip":
-    raise CheckpointError(
-        f"{config_file}: model_type is {model_type!r}, expected 'clip' (a transformers CLIPModel checkpoint with "
-        f"both towers; vision-only or text-only CLIP and other architectures are not supported)")
-  return transformers.CLIPConfig.from_dict(raw)
-
-
-_TOWER_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "hidden_act",
-                 "layer_norm_eps")  # the same names in transformers' tower configs and our TowerConfig
-
-
-def _tower(c) -> dict[str, Any]:
-  return {f: getattr(c, f) for f in _TOWER_FIELDS}
-
-
-def config_from_hf(hf_config, *, pos_grid: tuple[int, int] | None = None,
-                   pos_resize_method: Method = "bicubic") -> CLIPConfig:
-  """Our `CLIPConfig` from transformers' `CLIPConfig`."""
-
-  v, t = hf_config.vision_config, hf_config.text_config
   try:
-    return CLIPConfig(
-        vision=VisionConfig(**_tower(v), image_size=v.image_size, patch_size=v.patch_size,
-                            num_channels=v.num_channels, pos_grid=pos_grid, pos_resize_method=pos_resize_method),
-        text=TextConfig(**_tower(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
-                        eos_token_id=t.eos_token_id),
-        projection_dim=hf_config.projection_dim)
+    return encoders.detect(raw), raw
   except ValueError as e:
-    raise CheckpointError(f"unsupported CLIP config: {e}") from e
+    raise CheckpointError(f"{config_file}: {e}") from e
 
 
-def config_to_hf(config: CLIPConfig):
-  """transformers' `CLIPConfig` for our config (square position grids only, as transformers requires)."""
-  import transformers  # pylint: disable=g-import-not-at-top
-
-  v, t = config.vision, config.text
-  gh, gw = v.grid
-  if gh != gw:
-    raise CheckpointError(f"transformers CLIP configs need a square position grid; this model's is {v.grid}")
-
-  return transformers.CLIPConfig(
-      vision_config=dict(**_tower(v), image_size=gh * v.patch_size, patch_size=v.patch_size,
-                         num_channels=v.num_channels),
-      text_config=dict(**_tower(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
-                       eos_token_id=t.eos_token_id, bos_token_id=max(t.eos_token_id - 1, 0)),
-      projection_dim=config.projection_dim)
+def config_from_hf(family: Family, raw: dict[str, Any], directory: pathlib.Path, **grid) -> Any:
+  """The family's config of a checkpoint: config.json, and the pixel statistics of preprocessor_config.json."""
+  try:
+    config = family.config_from_hf(raw, **grid)
+  except ValueError as e:
+    raise CheckpointError(f"unsupported {family.name} config in {directory / 'config.json'}: {e}") from e
+  preprocessor = directory / "preprocessor_config.json"
+  if preprocessor.is_file():
+    try:
+      stats = json.loads(preprocessor.read_text())
+    except json.JSONDecodeError as e:
+      raise CheckpointError(f"{preprocessor}: not valid JSON ({e})") from e
+    found = {k: tuple(float(x) for x in stats[k]) for k in ("image_mean", "image_std") if k in stats}
+    for k, v in found.items():
+      if len(v) != config.vision.num_channels:
+        raise CheckpointError(f"{preprocessor}: {k} has {len(v)} values for {config.vision.num_channels} channels")
+    config = dataclasses.replace(config, **found)
+  return config
 
 
 # ----------------------------------------------------------------------------------------------- key mapping
@@ -247,16 +226,17 @@ def _unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict[str, Any]:
   return tree
 
 
-def abstract_params(config: CLIPConfig) -> dict[str, Any]:
-  """The parameter tree of `CLIP(config)` as ShapeDtypeStructs (nothing allocated)."""
+def abstract_params(config: Any) -> dict[str, Any]:
+  """The parameter tree of the family's module for `config` as ShapeDtypeStructs (nothing allocated)."""
   v = config.vision
   gh, gw = v.grid
   pixels = jax.ShapeDtypeStruct((1, gh * v.patch_size, gw * v.patch_size, v.num_channels), jnp.float32)
   ids = jax.ShapeDtypeStruct((1, 2), jnp.int32)
-  return jax.eval_shape(CLIP(config).init, jax.random.key(0), pixels, ids)["params"]
+  module = encoders.family_of(config).module(config)
+  return jax.eval_shape(module.init, jax.random.key(0), pixels, ids)["params"]
 
 
-def params_from_state_dict(state: Mapping[str, np.ndarray], config: CLIPConfig,
+def params_from_state_dict(state: Mapping[str, np.ndarray], config: Any,
                            source: str = "checkpoint") -> dict[str, Any]:
   """Flax params from a transformers state dict; every mismatch is reported with its key and shapes."""
   expected = _flatten(abstract_params(config))
@@ -283,7 +263,7 @@ def params_from_state_dict(state: Mapping[str, np.ndarray], config: CLIPConfig,
   if unexpected:
     problems.append(f"{len(unexpected)} unexpected tensors, e.g. {sorted(unexpected)[:10]}")
   if problems:
-    raise CheckpointError(f"{source} does not match its CLIP config:\n" + "\n".join(problems))
+    raise CheckpointError(f"{source} does not match its {config.family} config:\n" + "\n".join(problems))
   return _unflatten(flat)
 
 
@@ -311,36 +291,50 @@ def _grid_for(image_size: int | tuple[int, int], patch_size: int) -> tuple[int, 
 
 def from_pretrained(name_or_path: str | os.PathLike, *, image_size: int | tuple[int, int] | None = None,
                     dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                    pos_resize_method: Method = "bicubic", offline: bool | None = None) -> LoadedCLIP:
-  """Loads a transformers CLIP checkpoint (local directory or hub id) as a Flax `CLIP` and its params.
+                    pos_resize_method: Method = "bicubic", offline: bool | None = None,
+                    family: str = "auto") -> LoadedEncoder:
+  """Loads a transformers checkpoint (local directory or hub id) of any supported family as its Flax module and
+  params.
 
   image_size: when given (int or (H, W)), the position embedding is resized once, here, to that input's patch
     grid; inputs of other sizes are still accepted and resized on the fly.
   dtype: compute dtype (float32 or bfloat16); param_dtype: dtype the params are stored in.
+  family: "auto" (from config.json's model_type) or the family the caller expects; another is an error.
   """
   directory = resolve_checkpoint_dir(name_or_path, offline=offline)
-  hf_config = read_hf_config(directory)
-  config = config_from_hf(hf_config, pos_resize_method=pos_resize_method)
+  found, raw = read_hf_config(directory)
+  if family not in ("auto", found.name):
+    raise CheckpointError(f"{directory} holds a {found.name} checkpoint (config.json's model_type "
+                          f"{raw.get('model_type')!r}), but family {family!r} was asked for; set clip.family to "
+                          f"{found.name!r} or 'auto', or point clip.path at a {family} checkpoint")
+  config = config_from_hf(found, raw, directory, pos_resize_method=pos_resize_method)
   params = params_from_state_dict(read_state_dict(directory), config, source=str(directory))
   if image_size is not None:
     grid = _grid_for(image_size, config.vision.patch_size)
     if grid != config.vision.grid:
       pos = params["vision_model"]["embeddings"]["position_embedding"]
-      pos["embedding"] = resize_position_embedding(pos["embedding"], config.vision.grid, grid, pos_resize_method)
-      config = config_from_hf(hf_config, pos_grid=grid, pos_resize_method=pos_resize_method)
+      pos["embedding"] = resize_position_embedding(pos["embedding"], config.vision.grid, grid, pos_resize_method,
+                                                   class_tokens=found.class_tokens)
+      config = config_from_hf(found, raw, directory, pos_grid=grid, pos_resize_method=pos_resize_method)
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, dtype=param_dtype), params)  # host arrays: the caller
   # places them (`from_config.shard_clip_params` puts each matrix straight into its shards)
-  return LoadedCLIP(CLIP(config, dtype=dtype, param_dtype=param_dtype), params, config, directory)
+  model = found.module(config, dtype=dtype, param_dtype=param_dtype)
+  return LoadedEncoder(model, params, config, directory, found)
 
 
-def save_pretrained(params: Mapping[str, Any], config: CLIPConfig, directory: str | os.PathLike) -> pathlib.Path:
-  """Writes `config.json` and `model.safetensors` that transformers' `CLIPModel.from_pretrained` loads."""
+def save_pretrained(params: Mapping[str, Any], config: Any, directory: str | os.PathLike) -> pathlib.Path:
+  """Writes `config.json` and `model.safetensors` that transformers' model class of the family (`CLIPModel`,
+  `SiglipModel`) loads."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
 
   params_from_state_dict(state_dict_from_params(params), config, source="params to save")  # same checks
+  try:
+    hf_config = encoders.family_of(config).config_to_hf(config)
+  except ValueError as e:
+    raise CheckpointError(f"cannot save this {config.family} model in transformers' format: {e}") from e
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  config_to_hf(config).save_pretrained(directory)
+  hf_config.save_pretrained(directory)
   tmp = directory / (SAFETENSORS + ".tmp")
   save_file(state_dict_from_params(params), str(tmp), metadata={"format": "pt"})
   os.replace(tmp, directory / SAFETENSORS)  # never leave a half-written weights file under the real name

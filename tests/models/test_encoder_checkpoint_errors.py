@@ -9,8 +9,8 @@ import pytest
 import transformers
 from safetensors.numpy import load_file, save_file
 
-from zegot_jax.models import clip_checkpoint
-from zegot_jax.models.clip_checkpoint import CheckpointError, from_pretrained
+from zegot_jax.models import encoder_checkpoint
+from zegot_jax.models.encoder_checkpoint import CheckpointError, from_pretrained
 
 
 @pytest.fixture()
@@ -101,7 +101,7 @@ def test_pytorch_pickle_without_torch_says_how_to_fix(make_checkpoint, tmp_path,
 
   monkeypatch.setattr(builtins, "__import__", no_torch)
   with pytest.raises(CheckpointError, match=r"pytorch_model\.bin is a PyTorch pickle and torch is not installed"):
-    clip_checkpoint.read_state_dict(tmp_path)
+    encoder_checkpoint.read_state_dict(tmp_path)
 
 
 def test_unsupported_activation_and_image_size(checkpoint_copy):
@@ -126,16 +126,16 @@ def test_a_full_disk_while_writing_the_tiny_clip_is_one_line_and_leaves_nothing(
   from zegot_jax import errors  # pylint: disable=import-outside-toplevel
   from zegot_jax.models import tiny_clip  # pylint: disable=import-outside-toplevel
 
-  save = clip_checkpoint.save_pretrained
+  save = encoder_checkpoint.save_pretrained
 
   def full(params, config, directory):
     save(params, config, directory)  # some files written, then the disk is full
     raise OSError(errno.ENOSPC, "No space left on device")
 
-  monkeypatch.setattr(clip_checkpoint, "save_pretrained", full)
+  monkeypatch.setattr(encoder_checkpoint, "save_pretrained", full)
   with pytest.raises(errors.StorageError, match=rf"could not write the tiny random CLIP to {tmp_path / 'clip'}: No "
                                                 r"space left on device; free space"):
     tiny_clip.make_random_clip(tmp_path / "clip")
   assert list(tmp_path.iterdir()) == []  # no half-written copy, no temporary directory
-  monkeypatch.setattr(clip_checkpoint, "save_pretrained", save)
+  monkeypatch.setattr(encoder_checkpoint, "save_pretrained", save)
   assert (tiny_clip.make_random_clip(tmp_path / "clip") / "config.json").is_file()
