@@ -30,7 +30,7 @@ from tqdm import tqdm
 from zegot_jax import checkpoints, errors, metrics
 from zegot_jax.data import augment, images, registry
 from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError, one_line
-from zegot_jax.models import prompts
+from zegot_jax.models import encoders, prompts
 from zegot_jax.pictures import palette, resized
 from zegot_jax.segmenter import Segmenter
 
@@ -276,9 +276,10 @@ class Predictor:
   def describe_model(self) -> str:
     """Which text encoder is loaded and what words it knows, in one sentence."""
     path = pathlib.Path(getattr(self.run.tokenizer, "name_or_path", "") or "?")
+    encoder = encoders.family_of(self.run.model.clip_config).title
     if self.vocabulary is None:
-      return f"Its CLIP ({path.name}) reads any English words."
-    return (f"Its CLIP ({path.name}) knows only the {len(self.vocabulary)} words it was trained on: "
+      return f"Its {encoder} ({path.name}) reads any English words."
+    return (f"Its {encoder} ({path.name}) knows only the {len(self.vocabulary)} words it was trained on: "
             f"{', '.join(self.vocabulary)}; other words are segmented but mean nothing to it (train with a real "
             f"CLIP for open vocabularies).")
 

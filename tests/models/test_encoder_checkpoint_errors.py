@@ -32,15 +32,23 @@ def test_missing_config(checkpoint_copy):
 
 def test_missing_weights_lists_what_is_there(checkpoint_copy):
   (checkpoint_copy / "model.safetensors").unlink()
-  with pytest.raises(CheckpointError, match=r"holds no CLIP weights: expected model\.safetensors.*'config\.json'"):
+  with pytest.raises(CheckpointError, match=r"holds no encoder weights: expected model\.safetensors.*'config\.json'"):
     from_pretrained(checkpoint_copy)
 
 
-def test_not_a_clip_config(tmp_path):
+def test_not_an_encoder_config(tmp_path):
   transformers.BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                           intermediate_size=37).save_pretrained(tmp_path)
-  with pytest.raises(CheckpointError, match=r"config\.json: model_type is 'bert', expected 'clip'"):
+  with pytest.raises(CheckpointError, match=r"config\.json: model_type is 'bert'; the supported encoder families "
+                                            r"are \['clip', 'siglip'\]"):
     from_pretrained(tmp_path)
+
+
+def test_a_family_other_than_the_checkpoint_is_named(checkpoint_copy):
+  with pytest.raises(CheckpointError, match=r"holds a clip checkpoint \(config\.json's model_type 'clip'\), but "
+                                            r"family 'siglip' was asked for; set clip\.family to 'clip' or 'auto'"):
+    from_pretrained(checkpoint_copy, family="siglip")
+  assert from_pretrained(checkpoint_copy, family="clip").family.name == "clip"
 
 
 def test_invalid_json_config(checkpoint_copy):
@@ -56,7 +64,7 @@ def test_shapes_that_do_not_match_the_config(checkpoint_copy):
   with pytest.raises(CheckpointError) as e:
     from_pretrained(checkpoint_copy)
   message = str(e.value)
-  assert "does not match its CLIP config" in message
+  assert "does not match its clip config" in message
   assert "text_model.encoder.layers.0.mlp.fc1.weight: checkpoint has (40, 24), config expects (44, 24)" in message
   assert "text_model.encoder.layers.2.mlp.fc2.weight: checkpoint has (24, 40), config expects (24, 44)" in message
 
@@ -133,7 +141,7 @@ def test_a_full_disk_while_writing_the_tiny_clip_is_one_line_and_leaves_nothing(
     raise OSError(errno.ENOSPC, "No space left on device")
 
   monkeypatch.setattr(encoder_checkpoint, "save_pretrained", full)
-  with pytest.raises(errors.StorageError, match=rf"could not write the tiny random CLIP to {tmp_path / 'clip'}: No "
+  with pytest.raises(errors.StorageError, match=rf"could not write the tiny random clip to {tmp_path / 'clip'}: No "
                                                 r"space left on device; free space"):
     tiny_clip.make_random_clip(tmp_path / "clip")
   assert list(tmp_path.iterdir()) == []  # no half-written copy, no temporary directory

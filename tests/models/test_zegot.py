@@ -204,7 +204,7 @@ def test_bad_configs_are_named():
 
 
 def test_dfa_layers_beyond_the_tower_are_named(clip, images):
-  with pytest.raises(ValueError, match=r"reach past the CLIP image tower's 3 layers"):
+  with pytest.raises(ValueError, match=r"reach past the image tower's 3 layers"):
     _build(clip, dataclasses.replace(BASE, dfa_layers=(3, 4)))
 
 

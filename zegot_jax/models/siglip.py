@@ -297,6 +297,10 @@ class Siglip(nn.Module):
     del padding_as_lengths
     return self.text_model(input_ids, attention_mask=attention_mask)
 
+  def token_embeddings(self, input_ids: jax.Array) -> jax.Array:
+    """input_ids (...) → the text tower's input embeddings (..., width), e.g. contexts set to real words."""
+    return self.text_model.embed_tokens(input_ids)
+
   def encode_prompts(self, input_ids: jax.Array, context: jax.Array, context_start: int | None = None) -> TextOutput:
     """CoOp prompts (K, T) `X×C <name>. </s> pad…` with N learnable contexts (N, C, width) → (K, N, D)."""
     start = self.config.context_start if context_start is None else context_start
@@ -330,11 +334,12 @@ def config_to_hf(config: SiglipConfig):
   import transformers  # pylint: disable=g-import-not-at-top
 
   v, t = config.vision, config.text
-  return transformers.SiglipConfig(
-      vision_config=dict(**tower_fields(v), image_size=square_image_size(v), patch_size=v.patch_size,
-                         num_channels=v.num_channels),
-      text_config=dict(**tower_fields(t), vocab_size=t.vocab_size, max_position_embeddings=t.max_position_embeddings,
-                       projection_size=t.head_size, pad_token_id=1, eos_token_id=1, bos_token_id=None))
+  vision = transformers.SiglipVisionConfig(**tower_fields(v), image_size=square_image_size(v),
+                                           patch_size=v.patch_size, num_channels=v.num_channels)
+  text = transformers.SiglipTextConfig(**tower_fields(t), vocab_size=t.vocab_size,
+                                       max_position_embeddings=t.max_position_embeddings, projection_size=t.head_size,
+                                       pad_token_id=1, eos_token_id=1, bos_token_id=None)  # SigLIP's: </s> pads
+  return transformers.SiglipConfig(vision_config=vision.to_dict(), text_config=text.to_dict())
 
 
 # ----------------------------------------------------------------------------------------------- tiny random SigLIP
@@ -360,10 +365,10 @@ def tiny_tokenizer():
 def tiny_config() -> SiglipConfig:
   """A tiny random SigLIP, shaped unlike the tiny CLIP (width, heads, patch size, activation, vocabulary)."""
   return SiglipConfig(
-      vision=SiglipVisionConfig(24, 48, 2, 3, image_size=48, patch_size=6),
+      vision=SiglipVisionConfig(24, 48, 2, 3, image_size=64, patch_size=16),
       text=SiglipTextConfig(24, 40, 2, 2, vocab_size=3 + 96, max_position_embeddings=64))
 
 
-FAMILY = Family(name="siglip", model_type="siglip", module=Siglip, config_from_hf=config_from_hf,
+FAMILY = Family(name="siglip", title="SigLIP", model_type="siglip", module=Siglip, config_from_hf=config_from_hf,
                 config_to_hf=config_to_hf, hf_model="SiglipModel", class_tokens=0, tiny_config=tiny_config,
                 tiny_tokenizer=tiny_tokenizer)

@@ -207,6 +207,7 @@ class Family:
   """
 
   name: str  # clip.family's value
+  title: str  # as people write it ("CLIP", "SigLIP")
   model_type: str  # config.json's model_type
   module: type  # the Flax module of both towers
   config_from_hf: Callable[..., Any]  # (config.json as a dict, *, pos_grid, pos_resize_method) → config

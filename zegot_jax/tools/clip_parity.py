@@ -44,11 +44,12 @@ def _tiny_checkpoints(root: pathlib.Path) -> dict[str, pathlib.Path]:
     out[name] = root / name
     save_with_tokenizer(random_torch_model(config), out[name])
   config = transformers.SiglipConfig(
-      text_config=dict(vocab_size=len(siglip.tiny_tokenizer()), hidden_size=40, intermediate_size=72,
-                       num_hidden_layers=3, num_attention_heads=5, max_position_embeddings=64, projection_size=48,
-                       pad_token_id=1, eos_token_id=1, bos_token_id=None),
-      vision_config=dict(hidden_size=48, intermediate_size=80, num_hidden_layers=3, num_attention_heads=6,
-                         image_size=60, patch_size=12))
+      text_config=transformers.SiglipTextConfig(
+          vocab_size=len(siglip.tiny_tokenizer()), hidden_size=40, intermediate_size=72, num_hidden_layers=3,
+          num_attention_heads=5, max_position_embeddings=64, projection_size=48, pad_token_id=1, eos_token_id=1,
+          bos_token_id=None).to_dict(),
+      vision_config=transformers.SiglipVisionConfig(hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                                                    num_attention_heads=6, image_size=60, patch_size=12).to_dict())
   out["siglip"] = root / "siglip"
   save_with_tokenizer(random_torch_model(config), out["siglip"])
   return out

@@ -1,0 +1,158 @@
+"""The Flax SigLIP equals transformers' PyTorch SiglipModel, output by output, on tiny random configs unlike the
+CLIP tests' (other widths and head counts per tower, patch 6, gelu_pytorch_tanh, another vocabulary)."""
+
+import json
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+
+from zegot_jax.models import clip_reference, encoder_checkpoint, prompts, siglip, zegot
+
+FEATURE_LAYERS = (1, 2, 3)
+
+
+def tiny_siglip_config(image_size=36):
+  tokenizer = siglip.tiny_tokenizer()
+  text = transformers.SiglipTextConfig(
+      vocab_size=len(tokenizer) + 5, hidden_size=20, intermediate_size=36, num_hidden_layers=3, num_attention_heads=4,
+      max_position_embeddings=64, projection_size=30, pad_token_id=1, eos_token_id=1, bos_token_id=None)
+  vision = transformers.SiglipVisionConfig(hidden_size=30, intermediate_size=44, num_hidden_layers=3,
+                                           num_attention_heads=5, image_size=image_size, patch_size=6)
+  return transformers.SiglipConfig(text_config=text.to_dict(), vision_config=vision.to_dict())
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+  model = clip_reference.random_torch_model(tiny_siglip_config(), seed=1)
+  return clip_reference.save_with_tokenizer(model, tmp_path_factory.mktemp("siglip")), model
+
+
+def _inputs(seed, image_size, batch=2):
+  rng = np.random.default_rng(seed)
+  pixels = rng.standard_normal((batch, *image_size, 3)).astype(np.float32)
+  ids = rng.integers(3, 99, size=(3, 64))
+  ids[:, -1] = 1  # as SigLIP's texts: padded with </s> to 64
+  return pixels, ids
+
+
+def _errors(loaded, torch_model, pixels, ids, mask=None):
+  ours = clip_reference.flax_outputs(loaded, pixels, ids, FEATURE_LAYERS, mask)
+  reference = clip_reference.reference_outputs(torch_model, pixels, ids, FEATURE_LAYERS, mask)
+  assert set(ours) == set(reference)
+  assert len([k for k in reference if k.startswith("vision_hidden_")]) == 4  # embeddings + 3 layers
+  return clip_reference.relative_errors(ours, reference)
+
+
+def _assert_below(errors, tolerance):
+  worst = {k: e for k, e in errors.items() if not e < tolerance}
+  assert not worst, f"outputs differ from transformers beyond {tolerance}: {worst}"
+
+
+def test_every_output_equals_transformers_float32(checkpoint):
+  directory, torch_model = checkpoint
+  loaded = encoder_checkpoint.from_pretrained(directory)
+  assert loaded.family.name == "siglip" and loaded.config.vision.hidden_act == "gelu_pytorch_tanh"
+  assert (loaded.config.vision.hidden_size, loaded.config.text.hidden_size, loaded.config.projection_dim) == (30, 20, 30)
+  errors = _errors(loaded, torch_model, *_inputs(0, (36, 36)))
+  _assert_below(errors, 1e-5)
+  logits = loaded.model.apply({"params": loaded.params}, method=lambda m: (m.logit_scale, m.logit_bias))
+  np.testing.assert_allclose(np.concatenate(logits), [torch_model.logit_scale.item(), torch_model.logit_bias.item()],
+                             rtol=1e-6)
+
+
+def test_logits_equal_transformers(checkpoint):
+  """SigLIP's sigmoid logits: exp(t) cos(image, text) + b, from our embeddings and scale, against SiglipModel's."""
+  import torch  # pylint: disable=import-outside-toplevel
+
+  directory, torch_model = checkpoint
+  loaded = encoder_checkpoint.from_pretrained(directory)
+  pixels, ids = _inputs(5, (36, 36))
+  out = clip_reference.flax_outputs(loaded, pixels, ids, ())
+  image = out["image_embeds"] / np.linalg.norm(out["image_embeds"], axis=-1, keepdims=True)
+  text = out["text_embeds"] / np.linalg.norm(out["text_embeds"], axis=-1, keepdims=True)
+  p = loaded.params
+  ours = image @ text.T * np.exp(p["logit_scale"]) + p["logit_bias"]
+  with torch.no_grad():
+    reference = torch_model(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(
+        pixels.transpose(0, 3, 1, 2).copy())).logits_per_image.numpy()
+  np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+
+
+def test_non_square_input_equals_interpolate_pos_encoding(checkpoint):
+  directory, torch_model = checkpoint
+  pixels, ids = _inputs(1, (54, 24))
+  on_the_fly = encoder_checkpoint.from_pretrained(directory)  # stored grid 6x6, resized inside the forward pass
+  _assert_below(_errors(on_the_fly, torch_model, pixels, ids), 1e-5)
+  at_load = encoder_checkpoint.from_pretrained(directory, image_size=(54, 24))  # resized once, at load time
+  assert at_load.config.vision.grid == (9, 4)
+  assert at_load.params["vision_model"]["embeddings"]["position_embedding"]["embedding"].shape == (9 * 4, 30)  # no CLS
+  _assert_below(_errors(at_load, torch_model, pixels, ids), 1e-5)
+
+
+def test_attention_mask_on_text_equals_transformers(checkpoint):
+  directory, torch_model = checkpoint
+  pixels, ids = _inputs(3, (36, 36))
+  mask = np.ones_like(ids)
+  mask[0, 40:], mask[1, 10:] = 0, 0
+  _assert_below(_errors(encoder_checkpoint.from_pretrained(directory), torch_model, pixels, ids, mask), 1e-5)
+
+
+def test_bfloat16_compute_within_bfloat16_tolerance(checkpoint):
+  directory, torch_model = checkpoint
+  errors = _errors(encoder_checkpoint.from_pretrained(directory, dtype=jnp.bfloat16), torch_model,
+                   *_inputs(2, (36, 42)))
+  _assert_below(errors, clip_reference.BFLOAT16_TOLERANCE)
+  assert max(errors.values()) > 1e-4  # it really computed in bfloat16
+
+
+def test_save_pretrained_round_trips_through_transformers(checkpoint, tmp_path):
+  directory, _ = checkpoint
+  loaded = encoder_checkpoint.from_pretrained(directory, image_size=48)  # saved at the resized (square) grid
+  encoder_checkpoint.save_pretrained(loaded.params, loaded.config, tmp_path / "saved")
+  reloaded_torch = transformers.SiglipModel.from_pretrained(tmp_path / "saved").eval()
+  assert reloaded_torch.config.vision_config.image_size == 48
+  pixels, ids = _inputs(4, (48, 48))
+  _assert_below(_errors(loaded, reloaded_torch, pixels, ids), 1e-5)
+  again = encoder_checkpoint.from_pretrained(tmp_path / "saved")
+  assert jax.tree_util.tree_structure(again.params) == jax.tree_util.tree_structure(loaded.params)
+  for a, b in zip(*(jax.tree_util.tree_leaves(t) for t in (loaded.params, again.params))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_pixel_statistics_come_from_the_preprocessor_config(checkpoint, tmp_path):
+  directory, _ = checkpoint
+  copy = shutil.copytree(directory, tmp_path / "copy")
+  assert encoder_checkpoint.from_pretrained(copy).config.image_mean == (0.5, 0.5, 0.5)  # SigLIP's, without the file
+  (copy / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [1, 2, 4]}))
+  config = encoder_checkpoint.from_pretrained(copy).config
+  assert (config.image_mean, config.image_std) == ((0.1, 0.2, 0.3), (1.0, 2.0, 4.0))
+  (copy / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2]}))
+  with pytest.raises(encoder_checkpoint.CheckpointError, match=r"image_mean has 2 values for 3 channels"):
+    encoder_checkpoint.from_pretrained(copy)
+
+
+def test_prompts_start_at_position_0_and_are_padded_as_siglip_was_trained(checkpoint):
+  """No [SOS]: the contexts replace positions 0..C-1 of `X×C <name>. </s> pad…`, padded to 64. With the
+  placeholders' own token embeddings as contexts, encode_prompts must equal encode_text of the same ids."""
+  directory, _ = checkpoint
+  loaded = encoder_checkpoint.from_pretrained(directory)
+  tokenizer = prompts.load_tokenizer(directory)
+  config = zegot.ZegOTConfig(num_prompts=1, context_length=3)
+  ids = zegot.class_tokens(tokenizer, ["cat", "potted plant"], config, loaded.config)
+  assert ids.shape == (2, 64) and (ids[:, :3] == prompts.placeholder_id(tokenizer)).all() and (ids[:, -1] == 1).all()
+  p = {"params": loaded.params}
+  table = loaded.params["text_model"]["embeddings"]["token_embedding"]["embedding"]
+  context = table[ids[0, :3]][None]  # (N=1, C=3, width)
+  spliced = loaded.model.apply(p, ids, context, method="encode_prompts").text_embeds[:, 0]
+  plain = loaded.model.apply(p, ids, method="encode_text").text_embeds
+  np.testing.assert_allclose(spliced, plain, rtol=1e-6, atol=1e-6)
+  other = context + np.random.default_rng(0).standard_normal(context.shape).astype(np.float32)  # not a constant:
+  shifted = loaded.model.apply(p, ids, other, method="encode_prompts").text_embeds[:, 0]  # pre-LN removes those
+  assert np.abs(shifted - plain).max() > 1e-3  # the contexts do reach the tower
+  with pytest.raises(ValueError, match=r"puts the prompt context at position 1, the siglip text tower expects it "
+                                       r"at 0: the tokenizer does not belong to the checkpoint"):
+    zegot.class_tokens(prompts.byte_level_tokenizer(), ["cat"], config, loaded.config)
