@@ -6,7 +6,8 @@ r"""ZegOT on coco_stuff171_zs3 with the paper's settings (ViT-B/16 CLIP, N=4, C=
   python -m zegot_jax.train --config configs/coco_stuff171_zs3.py:runlocal=True --workdir /tmp/smoke   # seconds on a CPU
   python -m zegot_jax.evaluate --config configs/coco_stuff171_zs3.py --workdir runs/coco_stuff171_zs3
 
-Variants (after the colon): setting, runlocal. One field: --config.model.matching=none, --config.train.steps=...
+Variants (after the colon): setting, runlocal, encoder (clip: OpenAI's ViT-B/16;
+siglip: google/siglip-base-patch16-224). One field: --config.model.matching=none, --config.train.steps=...
 Build the dataset first: python -m zegot_jax.data.build coco_stuff171_zs3 ...
 """
 

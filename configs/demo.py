@@ -19,6 +19,10 @@ from zegot_jax.models.zegot import ZegOTConfig
 
 def get_config(arg=None):
   variant = common.parse_arg(arg)
+  if variant.encoder != "clip":
+    raise common.ConfigError(f"config argument encoder={variant.encoder}: the demo's encoder is its shipped "
+                             f"mini-CLIP; for a {variant.encoder} smoke run use configs/textures_zs3.py:"
+                             f"encoder={variant.encoder}")
   runlocal, variant.runlocal = variant.runlocal, False  # runlocal here: the same demo, fewer steps
   # DFA layers chosen on the validation split (docs/demo.md); hand-crafted prompts: the frames of the mini-CLIP's
   # captions.

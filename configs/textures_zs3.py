@@ -5,7 +5,7 @@ r"""ZegOT on the synthetic textures_zs3 world (builds itself on first use), with
 
 A smoke and development config: the CLIP is random ("random-tiny"), so it learns nothing zero-shot. The offline
 demo (configs/demo.py) runs on the same world with the mini-CLIP pretrained on it. Variants (after the colon):
-setting, runlocal; one field: --config.model.matching=none.
+setting, runlocal, encoder (siglip: a tiny random SigLIP); one field: --config.model.matching=none.
 """
 
 from zegot_jax import config_lib as common

@@ -3,10 +3,12 @@ r"""ZegOT on voc12_zs3 with the paper's settings (ViT-B/16 CLIP, N=4, C=8, DFA l
 
   python -m zegot_jax.train --config configs/voc12_zs3.py --workdir runs/voc12_zs3
   python -m zegot_jax.train --config configs/voc12_zs3.py:setting=inductive --workdir runs/voc12_zs3_inductive
+  python -m zegot_jax.train --config configs/voc12_zs3.py:encoder=siglip --workdir runs/voc12_zs3_siglip
   python -m zegot_jax.train --config configs/voc12_zs3.py:runlocal=True --workdir /tmp/smoke   # seconds on a CPU
   python -m zegot_jax.evaluate --config configs/voc12_zs3.py --workdir runs/voc12_zs3
 
-Variants (after the colon): setting, runlocal. One field: --config.model.matching=none, --config.train.steps=...
+Variants (after the colon): setting, runlocal, encoder (clip: OpenAI's ViT-B/16;
+siglip: google/siglip-base-patch16-224). One field: --config.model.matching=none, --config.train.steps=...
 Build the dataset first: python -m zegot_jax.data.build voc12_zs3 ...
 """
 

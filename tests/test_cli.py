@@ -70,8 +70,8 @@ def test_train_mistakes_are_one_line(extra, expected, data_dir, tmp_path):
     ("configs/textures_zs3.py:runlocal=yes", "error: --config=configs/textures_zs3.py:runlocal=yes: config argument "
                                              "runlocal='yes': expected True or False"),
     ("configs/textures_zs3.py:num_prompts=4", "error: --config=configs/textures_zs3.py:num_prompts=4: config "
-                                              "argument 'num_prompts=4': expected key=value with key in ['runlocal', "
-                                              "'setting']; set a single field with --config.<section>.num_prompts=..., "
+                                              "argument 'num_prompts=4': expected key=value with key in ['encoder', "
+                                              "'runlocal', 'setting']; set a single field with --config.<section>.num_prompts=..., "
                                               "e.g. --config.model.matching=none"),
 ])
 def test_config_file_mistakes_are_one_line(config, expected, tmp_path):

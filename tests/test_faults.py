@@ -186,7 +186,8 @@ def test_every_resumable_entry_really_resumes(data_dir, uninterrupted, tmp_path,
   changed = _runlocal(other_data, steps=6, checkpoint_every=3)
   changes = {"data_dir": str(other_data), "train.log_every": 2, "train.checkpoint_every": 3,
              "train.eval_every": 0, "train.eval_max_examples": 3, "eval.batch_windows": 1, "eval.pictures": 0,
-             "clip.attention": "xla"}  # auto resolves to xla on a CPU: the same computation
+             "clip.attention": "xla",  # auto resolves to xla on a CPU: the same computation
+             "clip.family": "clip"}  # auto reads clip from the checkpoint: the same encoder
   assert set(changes) == set(checkpoints.RESUMABLE_CHANGES)
   for key, value in changes.items():
     section, _, field = key.rpartition(".")

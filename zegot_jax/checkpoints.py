@@ -3,7 +3,7 @@ restore used by training (resume) and by inference (evaluation, prediction, pict
 
 A checkpoint in <workdir>/checkpoints/<step>/ holds three items: `state` (the train state as a dict: step,
 params, opt_state, teacher, teacher_text), `data` (the input iterator's state) and `meta` (the checked config
-entries, the class list, the CLIP path, the data's fingerprint and data_dir, and the parameters' health: max |θ|
+entries, the class list, the encoder's path and family, the data's fingerprint and data_dir, and the parameters' health: max |θ|
 now and at the start). orbax writes each checkpoint to a temporary directory and renames it when it
 is complete, so a crash or a kill during a save never damages an earlier checkpoint. Training never saves a
 non-finite state (trainer.py), and holds a `WorkdirLock` so that two trainers never share a workdir.
@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from zegot_jax import errors, from_config
 from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError, UserError
-from zegot_jax.models import prompts, zegot
+from zegot_jax.models import encoders, prompts, zegot
 
 # Config entries that may change between a run and its resumption without changing what it computes (each is
 # tested to resume bit for bit). Not train.num_workers: grain's iterator state differs with and without worker
@@ -167,15 +167,19 @@ class WorkdirLock:
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: Any, *, config: ml_collections.ConfigDict, where: str,
             check: tuple[str, ...] = ("",), partial: bool = False, data: bool = False,
-            allowed: tuple[str, ...] = (), data_fingerprint: dict | None = None) -> tuple[Any, Any]:
+            allowed: tuple[str, ...] = (), data_fingerprint: dict | None = None,
+            encoder: str | None = None) -> tuple[Any, Any]:
   """(state, data state or None) of checkpoint `step`, after checking its config entries that start with one of
   `check` against `config` (and, given `data_fingerprint`, that it was trained on that build of the data).
   `target`: the abstract state (jax.ShapeDtypeStruct leaves with their shardings);
   `partial`: `target` is a part of the saved state (e.g. {"params": ...} for inference); `data`: also restore
-  the input iterator's state; `allowed`: entries that may differ (RESTART_CHANGES on an explicit restart). A
-  checkpoint that cannot be read is a DamagedFileError naming the others."""
+  the input iterator's state; `allowed`: entries that may differ (RESTART_CHANGES on an explicit restart);
+  `encoder`: the family of the frozen encoder loaded beside it (see `check_same_encoder`). A checkpoint that
+  cannot be read is a DamagedFileError naming the others."""
   meta = read_meta(mngr, step, training=data)
   check_matches(meta["config"], config, where, prefixes=check, allowed=allowed)
+  if encoder is not None:
+    check_same_encoder(meta, encoder, config, where)
   if data_fingerprint is not None:
     check_same_data(meta, data_fingerprint, config, where)
   if partial:
@@ -220,6 +224,19 @@ def read_meta(mngr: ocp.CheckpointManager, step: int, training: bool = True) -> 
     return meta
   except Exception as e:  # pylint: disable=broad-except  (orbax raises many types for damaged files)
     raise _damaged(mngr, step, e, training) from e
+
+
+def check_same_encoder(meta: dict, family: str, config: ml_collections.ConfigDict, where: str) -> None:
+  """ConfigError when the checkpoint was trained beside another encoder family than the one loaded now. clip.family
+  may change between runs (RESUMABLE_CHANGES: "auto" and the family it reads are the same run), but with
+  clip.path=random-tiny each family is another encoder, which could have the same shapes: this is what tells
+  them apart. A checkpoint written before the family was kept is not checked."""
+  saved = meta.get("encoder_family")
+  if saved is not None and saved != family:
+    raise ConfigError(f"the checkpoint in {where} was trained beside a {saved} encoder, but "
+                      f"clip.family={config.clip.get('family', 'auto')} loads a {family} one from "
+                      f"clip.path={config.clip.path}; set --config.clip.family={saved} (or auto), or use another "
+                      f"--workdir")
 
 
 def check_same_data(meta: dict, fingerprint: dict, config: ml_collections.ConfigDict, where: str) -> None:
@@ -302,7 +319,7 @@ def restore_trainable(workdir: pathlib.Path, config: ml_collections.ConfigDict, 
   mngr = manager(workdir, read_only=True)
   step = existing_step(mngr, workdir, step)
   state, _ = restore(mngr, step, dict(params=abstract), config=config, where=str(workdir),
-                     check=INFERENCE_CHECKED, partial=True)
+                     check=INFERENCE_CHECKED, partial=True, encoder=encoders.family_of(model.clip_config).name)
   return state["params"], step
 
 

@@ -20,7 +20,10 @@ import ml_collections
 from zegot_jax.errors import ConfigError, MissingFileError
 
 # Variant keys a config file accepts in its argument, with their defaults: each changes several fields at once.
-VARIANTS = dict(setting="transductive", runlocal=False)
+VARIANTS = dict(setting="transductive", runlocal=False, encoder="clip")
+# The frozen encoder of each `encoder=` variant: (clip.path, clip.family), ViT-B/16 both. With runlocal, the
+# family's tiny random encoder.
+ENCODERS = {"clip": ("openai/clip-vit-base-patch16", "auto"), "siglip": ("google/siglip-base-patch16-224", "siglip")}
 
 
 def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
@@ -41,6 +44,9 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
       values[key] = type(default)(value)
   if values["setting"] not in ("transductive", "inductive"):
     raise ConfigError(f"config argument setting={values['setting']!r}: expected transductive or inductive")
+  if values["encoder"] not in ENCODERS:
+    raise ConfigError(f"config argument encoder={values['encoder']!r}: expected one of {sorted(ENCODERS)}; another "
+                      f"checkpoint of a supported family: --config.clip.path=DIRECTORY_OR_HUB_ID")
   return ml_collections.ConfigDict(values)
 
 
@@ -57,9 +63,10 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
   c.data_dir = "~/tensorflow_datasets"
   c.setting = variant.setting
 
+  path, family = ENCODERS[variant.encoder]
   c.clip = ml_collections.ConfigDict(dict(  # the frozen encoder, of any family in models/encoders.py
-      path="openai/clip-vit-base-patch16",  # a checkpoint directory or hub id; "random-tiny" for smoke runs
-      family="auto",  # auto (from the checkpoint's config.json) | clip | siglip
+      path=path,  # a checkpoint directory or hub id; "random-tiny" for smoke runs
+      family=family,  # auto (from the checkpoint's config.json) | clip | siglip
       image_size=image_size, dtype="bfloat16",
       attention="auto"))  # auto | xla | cudnn; auto: cuDNN's fused attention on an NVIDIA GPU in bfloat16, else XLA
   c.model = model_section(model)
@@ -82,7 +89,8 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
 
 
 def apply_runlocal(c: ml_collections.ConfigDict) -> None:
-  """Shrinks everything for a smoke run on a laptop CPU (seconds): tiny random CLIP, tiny synthetic data."""
+  """Shrinks everything for a smoke run on a laptop CPU (seconds): a tiny random encoder (of clip.family; CLIP for
+  "auto"), tiny synthetic data."""
   c.dataset = "textures_zs3/tiny"
   c.clip.path = "random-tiny"
   c.clip.image_size = 64

@@ -68,12 +68,21 @@ def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path, 
   """clip.path, with the built-in name "random-tiny" (a tiny random encoder of clip.family, CLIP for "auto",
   written into the workdir by training; `create=False` when reading a run, which never writes into it)."""
   if config.clip.path == tiny_clip.RANDOM_TINY:
-    family = encoder_family(config)
-    family = "clip" if family == "auto" else family
+    setting = encoder_family(config)
+    present = [f for f in encoders.FAMILIES if (pathlib.Path(workdir) / tiny_clip.directory_name(f)).is_dir()]
+    if setting == "auto":  # the one the run holds, else CLIP's
+      family = present[0] if len(present) == 1 else "clip"
+    else:
+      family = setting
     directory = pathlib.Path(workdir) / tiny_clip.directory_name(family)
-    if not create and not directory.is_dir():
-      raise MissingFileError(f"{directory} does not exist: the run in {workdir} was trained with clip.path="
-                             f"{tiny_clip.RANDOM_TINY!r}, whose weights training writes there")
+    if not directory.is_dir():
+      if present:  # a run of another family's tiny encoder is in this workdir: never write a second one beside it
+        raise ConfigError(f"clip.family={setting} but the run in {workdir} was trained beside a tiny random "
+                          f"{present[0]} ({tiny_clip.directory_name(present[0])}); set --config.clip.family="
+                          f"{present[0]} (or auto)")
+      if not create:
+        raise MissingFileError(f"{directory} does not exist: the run in {workdir} was trained with clip.path="
+                               f"{tiny_clip.RANDOM_TINY!r}, whose weights training writes there")
     return str(tiny_clip.make_random_clip(directory, family=family))
   return config.clip.path
 

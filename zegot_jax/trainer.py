@@ -336,7 +336,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
                                     state_to_dict(abstract), state_to_dict(state_sharding))
     restored, data_state = checkpoints.restore(
         mngr, start, target, config=config, where=str(workdir), data=True, data_fingerprint=data_fingerprint,
-        allowed=checkpoints.RESTART_CHANGES if restart_from is not None else ())
+        allowed=checkpoints.RESTART_CHANGES if restart_from is not None else (), encoder=clip.family.name)
     state = TrainState(**restored)
     iterator.set_state(data_state)
     meta = checkpoints.read_meta(mngr, start)
@@ -354,7 +354,7 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
     if not finite:
       raise _diverged(step, schedule.phase(step - 1), "the train state is not finite", mngr)
     meta = dict(config=checkpoints.checked_config(config), classes=[spec.classes[i] for i in classes],
-                clip_path=str(clip.path), data=data_fingerprint, data_dir=str(config.data_dir),
+                clip_path=str(clip.path), encoder_family=clip.family.name, data=data_fingerprint, data_dir=str(config.data_dir),
                 health=dict(params_max_abs=float(max_abs), initial_params_max_abs=initial_max_abs))
     checkpoints.save(mngr, step, state_to_dict(state), iterator.get_state(), meta)
 

@@ -26,7 +26,7 @@ def _encode_prompts(loaded_clip, ids, context):
 def _word_context(loaded_clip, tokenizer, words):
   ids = tokenizer(words, add_special_tokens=False)["input_ids"]
   return np.asarray(loaded_clip.model.apply({"params": loaded_clip.params}, jnp.asarray(ids),
-                                            method="token_embeddings"))  # (C, width)
+                                            method=lambda m, i: m.text_model.embed_tokens(i)))  # (C, width)
 
 
 def test_context_of_real_words_equals_encoding_the_words(loaded):

@@ -156,3 +156,40 @@ def test_prompts_start_at_position_0_and_are_padded_as_siglip_was_trained(checkp
   with pytest.raises(ValueError, match=r"puts the prompt context at position 1, the siglip text tower expects it "
                                        r"at 0: the tokenizer does not belong to the checkpoint"):
     zegot.class_tokens(prompts.byte_level_tokenizer(), ["cat"], config, loaded.config)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tokenizer(tmp_path_factory):
+  """A SigLIP tokenizer as the hub's checkpoints ship it (spiece.model, transformers' SiglipTokenizer: lower-cases,
+  drops punctuation, appends </s>), on a SentencePiece model trained here on a few words."""
+  import io  # pylint: disable=import-outside-toplevel
+  import itertools  # pylint: disable=import-outside-toplevel
+
+  import sentencepiece  # pylint: disable=import-outside-toplevel
+
+  words = ["a", "photo", "of", "cat", "potted", "plant", "x", "dog", "the", "art", "sheep", "tv", "monitor", "bird"]
+  model = io.BytesIO()
+  sentencepiece.SentencePieceTrainer.train(
+      sentence_iterator=iter([" ".join(p) for p in itertools.permutations(words, 3)]), model_writer=model,
+      vocab_size=36, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1, minloglevel=2)
+  directory = tmp_path_factory.mktemp("spiece")
+  (directory / "spiece.model").write_bytes(model.getvalue())
+  transformers.SiglipTokenizer(vocab_file=str(directory / "spiece.model"), model_max_length=64).save_pretrained(directory)
+  return prompts.load_tokenizer(directory)
+
+
+@pytest.mark.parametrize("kind", ["learnable", "handcrafted"])
+def test_prompts_are_what_the_sentencepiece_tokenizer_pads_to_64(sentencepiece_tokenizer, kind):
+  """The ids ZegOT feeds a hub SigLIP equal its tokenizer's own `padding="max_length"` encoding of the same texts
+  (SigLIP's training convention): contexts at 0, no start token, </s> then padding to 64."""
+  tokenizer = sentencepiece_tokenizer
+  assert type(tokenizer).__name__ == "SiglipTokenizer" and prompts.context_start(tokenizer) == 0
+  names = ["cat", "potted plant", "tv monitor"]
+  config = zegot.ZegOTConfig(num_prompts=2, context_length=3, prompts=kind,
+                             templates=("a photo of a {}.", "the art of the {}."))
+  ids = zegot.class_tokens(tokenizer, names, config, siglip.tiny_config())
+  texts = ([f"X X X {n}." for n in names] if kind == "learnable"
+           else [t.format(n) for n in names for t in config.templates])
+  reference = np.asarray(tokenizer(texts, padding="max_length", max_length=64)["input_ids"])
+  np.testing.assert_array_equal(ids.reshape(-1, 64), reference)
+  assert (reference[:, 0] != tokenizer.eos_token_id).all() and (reference[:, -1] == tokenizer.pad_token_id).all()

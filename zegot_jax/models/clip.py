@@ -252,10 +252,6 @@ class CLIP(nn.Module):
     return self.text_model(input_ids, self.text_projection, attention_mask=attention_mask,
                            padding_as_lengths=padding_as_lengths)
 
-  def token_embeddings(self, input_ids: jax.Array) -> jax.Array:
-    """input_ids (...) → the text tower's input embeddings (..., width), e.g. contexts set to real words."""
-    return self.text_model.embed_tokens(input_ids)
-
   def encode_prompts(self, input_ids: jax.Array, context: jax.Array, context_start: int | None = None) -> TextOutput:
     """CoOp prompts: every class's token ids, with the tokens at [context_start, context_start + C) replaced by
     each of N learnable contexts.

@@ -81,7 +81,7 @@ def base_patch16_config(image_size: int) -> SiglipConfig:
   grid = image_size // 16
   return SiglipConfig(
       vision=SiglipVisionConfig(768, 3072, 12, 12, image_size=224, patch_size=16, pos_grid=(grid, grid)),
-      text=SiglipTextConfig(768, 3072, 12, 12, vocab_size=32000, max_position_embeddings=64))
+      text=SiglipTextConfig(768, 3072, 12, 12, vocab_size=32000, max_position_embeddings=64, projection_size=768))
 
 
 # ----------------------------------------------------------------------------------------------- vision tower
@@ -296,10 +296,6 @@ class Siglip(nn.Module):
     read without a mask, as trained. `padding_as_lengths` is CLIP's (causal) option and is not used here."""
     del padding_as_lengths
     return self.text_model(input_ids, attention_mask=attention_mask)
-
-  def token_embeddings(self, input_ids: jax.Array) -> jax.Array:
-    """input_ids (...) → the text tower's input embeddings (..., width), e.g. contexts set to real words."""
-    return self.text_model.embed_tokens(input_ids)
 
   def encode_prompts(self, input_ids: jax.Array, context: jax.Array, context_start: int | None = None) -> TextOutput:
     """CoOp prompts (K, T) `X×C <name>. </s> pad…` with N learnable contexts (N, C, width) → (K, N, D)."""
