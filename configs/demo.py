@@ -13,7 +13,7 @@ labelled. Variants (after the colon): setting, runlocal (the same demo, 160 step
 
 from zegot_jax import config_lib as common
 from zegot_jax.demo import mini_clip, probe
-from zegot_jax.models.mpot import SinkhornConfig
+from zegot_jax.models.sinkhorn import SinkhornConfig
 from zegot_jax.models.zegot import ZegOTConfig
 
 
@@ -28,7 +28,7 @@ def get_config(arg=None):
   # captions.
   # ott-jax with unrolled gradients: the solver docs/demo.md's results were measured with (the batched default
   # gives the same plans; its implicit gradients differ from unrolled ones short of convergence).
-  # λ = 0.2 (appendix F's value; DESIGN.md's default is section 4.2's 0.8), chosen on the validation split: on
+  # λ = 0.2 (appendix F's value; the paper configs keep section 4.2's 0.8), chosen on the validation split: on
   # this world the score branch Y alone segments poorly (mIoU(S) 19-20, mIoU(U) 4-5), the decoder's Ỹ well
   # (docs/demo.md).
   model = ZegOTConfig(dfa_layers=(2, 3, 4), num_prompts=4, context_length=4, templates=probe.TEMPLATES,

@@ -293,6 +293,9 @@ def test_the_cli_reports_mistakes_in_one_line(tmp_path):
       "interface)")
   assert cli("--workdir", str(tmp_path)) == (f"error: {tmp_path / 'config.json'} does not exist: --workdir must be a "
                                              f"training run's directory (or pass --config)")
+  assert cli("--workdir", str(tmp_path), "--config", "configs/textures_zs3.py:runlocal=True",
+             "--config.eval.batch_windos=1") == ("error: --config.eval.batch_windos: the config has no field "
+                                                 "'batch_windos'; did you mean 'batch_windows'?")
 
 
 @needs_browser  # needs gradio (the test extra) and a run, not the browser; ordered with the app's tests
@@ -306,3 +309,16 @@ def test_a_port_in_use_is_one_line(smoke_run):
   assert done.returncode == 2 and done.stderr.strip() == (
       f"error: cannot serve at http://127.0.0.1:{port}: the port is in use; pass another --port, or stop what uses "
       f"this one"), done.stderr[-3000:]
+
+
+@needs_browser  # needs gradio (the test extra) and a run, not the browser; ordered with the app's tests
+def test_a_config_override_reaches_the_model(smoke_run):
+  """--config.<field>=... as for train and evaluate: cuDNN's attention asked for on a CPU is refused by the model's
+  own check when the run loads, before anything is served."""
+  data_dir = checkpoints.read_run_config(smoke_run).data_dir
+  done = subprocess.run([sys.executable, "-m", "zegot_jax.app", f"--workdir={smoke_run}", "--port=7871",
+                         "--config=configs/textures_zs3.py:runlocal=True", f"--config.data_dir={data_dir}",
+                         "--config.clip.attention=cudnn", "--nowarm_up", "--examples=0"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2 and done.stderr.strip().startswith(
+      "error: config clip.attention='cudnn': cuDNN's fused attention cannot run here"), done.stderr[-3000:]

@@ -12,6 +12,7 @@ LAYERS = [
     ["errors"],
     ["data"],
     ["models"],
+    ["train_config"],
     ["metrics", "selftrain", "config_lib", "segmenter", "from_config"],
     ["pictures", "checkpoints", "cli"],
     ["evaluation", "prediction"],

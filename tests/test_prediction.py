@@ -141,6 +141,32 @@ def test_the_cli_reports_mistakes_in_one_line(run, image_path, tmp_path):
       f"error: {broken / 'config.json'} is damaged (")
 
 
+def test_the_cli_takes_config_overrides_as_train_and_evaluate_do(run, image_path, tmp_path):
+  """--config FILE with --config.<field>=... as for train and evaluate: a misspelt field is named, an override
+  reaches the model (cuDNN asked for on a CPU is refused by the model's own check), and a harmless one segments
+  exactly as the run's own config.json does."""
+  config = ["--config", "configs/textures_zs3.py:runlocal=True",
+            f"--config.data_dir={checkpoints.read_run_config(run).data_dir}"]
+
+  def cli(*args):
+    return subprocess.run([sys.executable, "-m", "zegot_jax.predict", "--workdir", str(run), "--image",
+                           str(image_path), "--classes", "star,ring", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+  wrong = cli(*config, "--config.eval.batch_windos=1")
+  assert wrong.returncode == 2 and wrong.stderr.strip() == (
+      "error: --config.eval.batch_windos: the config has no field 'batch_windos'; did you mean 'batch_windows'?")
+  cudnn = cli(*config, "--config.clip.attention=cudnn")
+  assert cudnn.returncode == 2 and cudnn.stderr.strip().startswith(
+      "error: config clip.attention='cudnn': cuDNN's fused attention cannot run here"), cudnn.stderr[-2000:]
+  done = cli(*config, "--config.eval.batch_windows=1", "--out", str(tmp_path / "overridden"))
+  assert done.returncode == 0, done.stderr[-2000:]
+  plain = cli("--out", str(tmp_path / "plain"))
+  assert plain.returncode == 0, plain.stderr[-2000:]
+  np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "overridden" / "labels.png")),
+                                np.asarray(Image.open(tmp_path / "plain" / "labels.png")))
+
+
 def test_a_photo_is_read_upright_by_its_exif_orientation(tmp_path):
   """Orientation 6 (the camera was turned a quarter clockwise): the pixels are stored on their side and shown
   rotated 90° clockwise; predict reads them as shown."""

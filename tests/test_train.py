@@ -4,6 +4,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from zegot_jax import checkpoints, config_lib, evaluation, from_config, trainer
 from zegot_jax.models import prompts, zegot
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIMING_METRICS = ("images_per_s", "seconds_per_step", "data_wait_fraction")  # machine-dependent, not state
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 PYTHON = sys.executable
 
@@ -42,7 +44,7 @@ def _checkpoint(workdir, step):
 
 def _metrics(workdir):
   rows = [json.loads(line) for line in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
-  return [{k: v for k, v in r.items() if k not in trainer.TIMING_METRICS} for r in rows]
+  return [{k: v for k, v in r.items() if k not in TIMING_METRICS} for r in rows]
 
 
 @pytest.mark.slow  # exact resume is also proven by every fault test (tests/test_faults.py)
@@ -271,3 +273,21 @@ def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
   own = tmp_path / "pictures" / "eval_textures_zs3_validation_transductive_6_bias0_first4"
   assert {p.name: p.read_bytes() for p in own.iterdir()} == drawn
   assert {p.name: p.read_bytes() for p in (tmp_path / "pictures").iterdir() if p.is_file()} == drawn
+
+
+def test_a_checkpoint_lacking_any_field_resumes_exactly_when_the_config_holds_its_default(data_dir):
+  """For every model and training field (a field added later, as the next one will be): a checkpoint written
+  without it matches a config that holds the field's dataclass default, and is refused, by name, under another
+  value. No hand-kept list: the defaults are ZegOTConfig's and TrainConfig's."""
+  config = _runlocal(data_dir, steps=2, checkpoint_every=2)
+  saved = checkpoints.checked_config(config)
+  defaults = checkpoints.defaults()
+  fields = [k for k in saved if k.startswith(("model.", "train.")) and k in defaults]
+  assert len(fields) > 30 and "train.phase1_unseen" in fields and "model.sinkhorn.epsilon" in fields
+  for key in fields:
+    without = {k: v for k, v in saved.items() if k != key}
+    if saved[key] == defaults[key]:
+      checkpoints.check_matches(without, config, "old")
+    else:  # e.g. runlocal's dfa_layers (1, 2): a checkpoint without the field behaved as the default, not as this
+      with pytest.raises(ValueError, match=re.escape(f"{key}: checkpoint has {defaults[key]!r}, config has")):
+        checkpoints.check_matches(without, config, "old")

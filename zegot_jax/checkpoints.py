@@ -29,9 +29,10 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from zegot_jax import errors, from_config
+from zegot_jax import errors, from_config, train_config
 from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError, UserError
 from zegot_jax.models import encoders, prompts, zegot
+from zegot_jax.train_config import TrainConfig
 
 # Config entries that may change between a run and its resumption without changing what it computes (each is
 # tested to resume bit for bit). Not train.num_workers: grain's iterator state differs with and without worker
@@ -46,9 +47,13 @@ RESTART_CHANGES = ("train.lr", "train.warmup_steps")
 # What inference depends on: a checkpoint restored for inference must agree with the config on these (the setting
 # changes the class list and the calibration; the dataset, the class list of the result).
 INFERENCE_CHECKED = ("model.", "clip.", "setting", "dataset")
-# Config entries added after checkpoints were written without them, with the value those checkpoints behaved as.
-ADDED_ENTRIES = {"train.phase1_unseen": "negatives", "model.score_scale": 1.0, "model.score_scale_learnable": False,
-                 "model.score_scale_at": "logits"}
+
+
+def defaults() -> dict:
+  """What a checkpoint or config.json written before a model or training field existed behaved as: the field's
+  default in `ZegOTConfig` / `TrainConfig` (a new field's default is what every run did before it), flattened as
+  `checked_config` flattens ("model.sinkhorn.epsilon", tuples as lists)."""
+  return {**train_config.defaults(zegot.ZegOTConfig, "model"), **train_config.defaults(TrainConfig, "train")}
 
 
 def checked_config(config: ml_collections.ConfigDict) -> dict:
@@ -70,7 +75,7 @@ def check_matches(saved: dict, config: ml_collections.ConfigDict, where: str,
                   prefixes: tuple[str, ...] = ("",), allowed: tuple[str, ...] = ()) -> None:
   """Raises with every differing entry (among those starting with one of `prefixes`, except `allowed`)."""
   current = checked_config(config)
-  saved = {**{k: v for k, v in ADDED_ENTRIES.items() if k in current}, **saved}
+  saved = {**{k: v for k, v in defaults().items() if k in current}, **saved}
   keys = [k for k in sorted(set(saved) | set(current)) if k.startswith(prefixes) and k not in allowed]
   diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
            for k in keys if saved.get(k) != current.get(k)]
@@ -333,10 +338,13 @@ def read_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DamagedFileError(f"{path} is damaged ({e}); pass the run's config file with --config instead") from e
-  for key, value in ADDED_ENTRIES.items():  # a run older than an entry behaved as its value, not today's default
-    section, field = key.split(".")  # every added entry is section.field
-    if section in config and field not in config[section]:
-      config[section][field] = value
+  for key, value in defaults().items():  # a run older than a field behaved as its default
+    *path, field = key.split(".")
+    node = config
+    for part in path:
+      node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
+    if isinstance(node, ml_collections.ConfigDict) and field not in node:
+      node[field] = tuple(value) if isinstance(value, list) else value
   return config
 
 

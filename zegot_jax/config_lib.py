@@ -7,7 +7,8 @@ a colon, for what changes several fields at once: `--config configs/voc12_zs3.py
 
 The model's section is the config file's `ZegOTConfig` written out field by field (`model_section`): its defaults
 live in `ZegOTConfig` alone, every field can be overridden, and `ZegOTConfig(**config.model)` builds it back
-(`from_config.model_config`). This module does not import the model.
+(`from_config.model_config`). The training section is `TrainConfig` (train_config.py) written out the same way,
+read back by `TrainConfig.from_section`. This module does not import the model.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import ml_collections
 
 from zegot_jax.errors import ConfigError, MissingFileError
+from zegot_jax.train_config import TrainConfig
 
 # Variant keys a config file accepts in its argument, with their defaults: each changes several fields at once.
 VARIANTS = dict(setting="transductive", runlocal=False, encoder="clip")
@@ -51,13 +53,14 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
 
 
 def model_section(model_config: Any) -> ml_collections.ConfigDict:
-  """A model config dataclass (ZegOTConfig) as a config section, every field written out (nested ones too)."""
+  """A config dataclass (ZegOTConfig, TrainConfig) as a config section, every field written out (nested ones
+  too)."""
   return ml_collections.ConfigDict(dataclasses.asdict(model_config))
 
 
 def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int, teacher: str, model: Any,
                 image_size: int = 512) -> ml_collections.ConfigDict:
-  """The paper's settings (appendix B, C, F; DESIGN.md) for one dataset; `model`: the ZegOTConfig to train."""
+  """The paper's settings (appendix B, C, F; docs/reading.md) for one dataset; `model`: the ZegOTConfig to train."""
   c = ml_collections.ConfigDict()
   c.dataset = dataset
   c.data_dir = "~/tensorflow_datasets"
@@ -70,10 +73,7 @@ def base_config(variant: ml_collections.ConfigDict, *, dataset: str, steps: int,
       image_size=image_size, dtype="bfloat16",
       attention="auto"))  # auto | xla | cudnn; auto: cuDNN's fused attention on an NVIDIA GPU in bfloat16, else XLA
   c.model = model_section(model)
-  c.train = ml_collections.ConfigDict(dict(
-      steps=steps, batch_size=16, lr=2e-4, weight_decay=0.01, warmup_steps=1500, poly_power=0.9,
-      phase1_fraction=0.2, teacher=teacher, live_fraction=0.5, phase1_unseen="negatives", seed=0, num_workers=2,
-      log_every=50, checkpoint_every=2000, eval_every=steps // 4, eval_max_examples=0))
+  c.train = model_section(TrainConfig(steps=steps, teacher=teacher, eval_every=steps // 4))
   c.eval = ml_collections.ConfigDict(dict(
       split="validation",  # the split evaluation reports on
       seen_bias=0.1 if variant.setting == "inductive" else 0.0,  # the peers' inductive calibration

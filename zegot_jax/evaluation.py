@@ -1,4 +1,4 @@
-"""The evaluation protocol (DESIGN.md) on one dataset split, built once per run as big_vision builds its evaluators.
+"""The evaluation protocol (docs/reading.md) on one dataset split, built once per run as big_vision builds its evaluators.
 
 Each image is resized to the dataset's evaluation scale (short side), segmented with sliding windows of the crop
 size and the dataset's stride (`segmenter.Segmenter`), its logits resized back to the label's resolution; the

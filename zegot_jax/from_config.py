@@ -20,7 +20,7 @@ from zegot_jax.data import build as data_build
 from zegot_jax.errors import ConfigError, MissingFileError
 from zegot_jax.data import registry
 from zegot_jax.models import attention, encoder_checkpoint, encoders, tiny_clip, zegot
-from zegot_jax.models.mpot import SinkhornConfig
+from zegot_jax.models.sinkhorn import SinkhornConfig
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:

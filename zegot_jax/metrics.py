@@ -129,10 +129,6 @@ class IoUAccumulator:
     self.intersection += intersection
     self.union += union
 
-  def report(self, class_names: Sequence[str], seen: Sequence[int], unseen: Sequence[int]) -> dict:
-    """miou_report of the sums so far."""
-    return miou_report(self.intersection, self.union, class_names, seen, unseen)
-
 
 def _format_value(value: float | None) -> str:
   return "-" if value is None else f"{value:.2f}"

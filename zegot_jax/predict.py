@@ -25,7 +25,8 @@ ones its summary.json lists); a folder holding anything else is refused, so noth
 so at 1024), so the outputs have the downscaled size. At full size a 6000×4000 photo took 23.8 s and 2.5 GB and
 wrote a 22.7 MB overlay (2-core CPU, 2026-12-04).
 
-The run's config is read from <workdir>/config.json (written by training) unless --config is given. The image is
+The run's config is read from <workdir>/config.json (written by training) unless --config is given, whose fields
+--config.<section>.<field>=... overrides as for train and evaluate (e.g. --config.data_dir, --config.clip.attention). The image is
 resized so its short side is the run's input size, segmented with sliding windows, and the per-class sigmoid
 scores are resized back to the original image. 16-bit and float images are scaled to 8 bits (`data/images.py`);
 a photo is turned upright by its EXIF orientation first. Images over PIL's decompression-bomb limit (178,956,970
@@ -40,8 +41,9 @@ import pathlib
 import sys
 
 from absl import flags, logging
+from ml_collections import config_flags
 
-from zegot_jax import cli, config_lib, errors
+from zegot_jax import cli, errors
 from zegot_jax.prediction import predict, predict_many
 
 
@@ -57,7 +59,9 @@ def _define_flags() -> dict:
                                     "(0: segment at full size)"),
       out=flags.DEFINE_string("out", None, "output folder (default: <workdir>/predictions/<image name>-<hash>); "
                               "several images: one folder per image inside it"),
-      config=flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)"),
+      config=config_flags.DEFINE_config_file("config", None, "the run's config file (default: <workdir>/config.json); "
+                                             "its fields may be overridden: --config.clip.attention=xla",
+                                             lock_config=True),
   )
 
 
@@ -70,9 +74,7 @@ def _warn_unknown(words: list[str]) -> None:
 def main(argv, f: dict):
   del argv
   logging.set_verbosity(logging.WARNING)
-  config = None
-  if f["config"].value:
-    config = config_lib.load_config(f["config"].value)
+  config = f["config"].value  # None: the run's config.json
   workdir = errors.path_flag(f["workdir"].value, "--workdir", "runs/demo")
   inputs = [str(errors.path_flag(i, "--image", "photo.jpg")) for i in f["image"].value]
   options = dict(config=config, step=f["step"].value, threshold=f["threshold"].value, out=f["out"].value,

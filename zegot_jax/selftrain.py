@@ -21,32 +21,24 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from zegot_jax.data.classes import IGNORE_INDEX, UNLABELLED
-
-TEACHER_POLICIES = ("previous", "frozen_then_live")
-# What phase 1 of a transductive run does with the unseen classes' channels: "negatives" trains them towards 0 on
-# every labelled (seen) pixel; "excluded" leaves them out of the loss until phase 2 ("the rest labels are ignored
-# for calculating losses", appendix B), so they stay as the frozen CLIP and the learned prompts make them.
-PHASE1_UNSEEN = ("negatives", "excluded")
-
+from zegot_jax.data.classes import UNLABELLED
+from zegot_jax.train_config import TrainConfig
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-  total_steps: int
-  phase1_fraction: float = 0.2  # T_g = 20% of the steps (appendix B)
-  teacher: str = "previous"
-  live_fraction: float = 0.5  # frozen_then_live: the frozen teacher is used until 50% of the steps
-  transductive: bool = True  # inductive runs never leave phase 1 (no unseen names, no pseudo-labels)
-  phase1_unseen: str = "negatives"  # PHASE1_UNSEEN
+  """The phases of one run, from its `TrainConfig` (whose checks and defaults these are): `Schedule.of(train)`."""
 
-  def __post_init__(self):
-    if self.teacher not in TEACHER_POLICIES:
-      raise ValueError(f"teacher policy {self.teacher!r}; expected one of {TEACHER_POLICIES}")
-    if self.phase1_unseen not in PHASE1_UNSEEN:
-      raise ValueError(f"phase1_unseen {self.phase1_unseen!r}; expected one of {PHASE1_UNSEEN}")
-    if not 0 <= self.phase1_fraction <= self.live_fraction <= 1:
-      raise ValueError(f"need 0 <= phase1_fraction ({self.phase1_fraction}) <= live_fraction "
-                       f"({self.live_fraction}) <= 1")
+  total_steps: int
+  phase1_fraction: float  # T_g = phase1_fraction · total_steps (appendix B: 20%)
+  teacher: str  # train_config.TEACHER_POLICIES
+  live_fraction: float  # frozen_then_live: the frozen teacher is used until this fraction of the steps
+  transductive: bool  # inductive runs never leave phase 1 (no unseen names, no pseudo-labels)
+  phase1_unseen: str  # train_config.PHASE1_UNSEEN
+
+  @classmethod
+  def of(cls, train: TrainConfig, transductive: bool = True) -> Schedule:
+    return cls(total_steps=train.steps, phase1_fraction=train.phase1_fraction, teacher=train.teacher,
+               live_fraction=train.live_fraction, transductive=transductive, phase1_unseen=train.phase1_unseen)
 
   @property
   def phase1_steps(self) -> int:
@@ -90,7 +82,3 @@ def pseudo_label(labels: jax.Array, unseen_logits: jax.Array, unseen: Sequence[i
   best = unseen[jnp.argmax(unseen_logits, axis=-1)]  # (B, H, W) class indices
   return jnp.where(labels == UNLABELLED, best.astype(labels.dtype), labels)
 
-
-def ignore_unlabelled(labels: jax.Array) -> jax.Array:
-  """Phase 1: unlabelled pixels count as ignored."""
-  return jnp.where(labels == UNLABELLED, jnp.asarray(IGNORE_INDEX, labels.dtype), labels)

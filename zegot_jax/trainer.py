@@ -36,13 +36,13 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from zegot_jax import checkpoints, errors, evaluation, from_config, selftrain
-from zegot_jax.data import photometric, pipeline, registry
+from zegot_jax.data import label_map, photometric, pipeline, registry
 from zegot_jax.data.classes import IGNORE_INDEX
 from zegot_jax.errors import ConfigError, DamagedFileError, DivergedError
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.losses import segmentation_loss
+from zegot_jax.train_config import TrainConfig
 
-TIMING_METRICS = ("images_per_s", "seconds_per_step", "data_wait_fraction")  # machine-dependent, not state
 
 
 @flax.struct.dataclass
@@ -57,18 +57,16 @@ class TrainState:
 # ----------------------------------------------------------------------------------------------- building blocks
 
 
-def training_classes(spec, setting: str) -> tuple[list[int], np.ndarray]:
-  """(dataset class indices the model is trained on, 256-entry label table into that list). Inductive runs never
-  see unseen class names: they train on the seen classes only."""
-  indices = list(range(len(spec.classes))) if setting == "transductive" else list(spec.seen)
-  lut = np.arange(256, dtype=np.uint8)
-  lut[:len(spec.classes)] = IGNORE_INDEX
-  lut[indices] = np.arange(len(indices))
-  return indices, lut
+def train_config(config: ml_collections.ConfigDict) -> TrainConfig:
+  """The config's `train` section as the dataclass, checked (one ConfigError naming the entry)."""
+  try:
+    return TrainConfig.from_section(config.train)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"config {e}") from e
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  t = config.train
+  t = train_config(config)
   warmup = min(t.warmup_steps, t.steps)
   schedule = optax.join_schedules([
       optax.linear_schedule(0.0, t.lr, max(warmup, 1)),
@@ -78,36 +76,21 @@ def make_optimizer(config: ml_collections.ConfigDict) -> tuple[optax.GradientTra
 
 
 def make_schedule(config: ml_collections.ConfigDict) -> selftrain.Schedule:
-  try:
-    return selftrain.Schedule(total_steps=config.train.steps, phase1_fraction=config.train.phase1_fraction,
-                              teacher=config.train.teacher, live_fraction=config.train.live_fraction,
-                              transductive=config.setting == "transductive",
-                              phase1_unseen=config.train.phase1_unseen)
-  except ValueError as e:
-    raise ConfigError(f"config train: {e}") from e
-
-
-# (field, smallest allowed value): counts and intervals a run cannot do without.
-POSITIVE = (("train.steps", 1), ("train.batch_size", 1), ("train.log_every", 1), ("train.checkpoint_every", 1),
-            ("train.eval_every", 0), ("train.eval_max_examples", 0), ("train.warmup_steps", 0),
-            ("train.num_workers", 0), ("eval.pictures", 0), ("eval.batch_windows", 0))
+  return selftrain.Schedule.of(train_config(config), transductive=config.setting == "transductive")
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   """Refuses settings that would train nothing or fail later (one ConfigError naming the entry)."""
-  for key, low in POSITIVE:
-    section, field = key.split(".")
-    value = config[section].get(field, low)
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-      raise ConfigError(f"config {key}={value!r}: expected an integer >= {low}")
-  if not config.train.lr > 0:
-    raise ConfigError(f"config train.lr={config.train.lr!r}: expected a positive learning rate")
-  if config.setting not in pipeline.SETTINGS:
-    raise ConfigError(f"config setting={config.setting!r}: expected one of {pipeline.SETTINGS}")
+  train_config(config)  # the training section's own checks
+  for field in ("pictures", "batch_windows"):
+    value = config.eval.get(field, 0)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+      raise ConfigError(f"config eval.{field}={value!r}: expected an integer >= 0")
+  if config.setting not in label_map.SETTINGS:
+    raise ConfigError(f"config setting={config.setting!r}: expected one of {label_map.SETTINGS}")
   registry.parse_name(config.dataset)
   from_config.model_config(config)  # the model's own checks, before anything is loaded
   from_config.make_mesh(config)  # the mesh must fit these devices
-  make_schedule(config)
 
 
 def all_finite(tree: Any) -> jax.Array:
@@ -146,9 +129,9 @@ def make_train_step(model: zegot.ZegOT, optimizer: optax.GradientTransformation,
 
     if unseen:
       labels = jax.lax.cond(schedule.self_training(state.step), teacher_labels,
-                            lambda: selftrain.ignore_unlabelled(labels))
+                            lambda: label_map.ignore_unlabelled(labels))
     else:
-      labels = selftrain.ignore_unlabelled(labels)
+      labels = label_map.ignore_unlabelled(labels)
 
     classes = schedule.loss_classes(state.step, tokens.shape[0], unseen)  # (K,) bool or None: all classes
 
@@ -267,7 +250,7 @@ def params_max_abs(params: Any) -> jax.Array:
 
 
 def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: int | None) -> dict:
-  t = config.train
+  t = train_config(config)
   is_main = jax.process_index() == 0
 
   # Mesh: the batch is split over every device (data × fsdp); frozen CLIP matrices over fsdp.
@@ -285,8 +268,8 @@ def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: in
   if partial and is_main:
     print(f"warning: {spec.name} is a partial build ({partial} examples): its numbers are not comparable with the "
           f"full dataset's", file=sys.stderr)
-  classes, label_lut = training_classes(spec, config.setting)
-  unseen = [classes.index(i) for i in spec.unseen] if config.setting == "transductive" else []
+  classes, label_lut = label_map.training_classes(spec, config.setting)
+  unseen = label_map.unseen_positions(spec, config.setting)
   data = pipeline.train_dataset(dataset.splits["train"], spec, batch_size=t.batch_size // jax.process_count(),
                                 seed=t.seed, setting=config.setting, num_workers=t.num_workers,
                                 photometric="device")

@@ -89,7 +89,7 @@ def test_voc_builds_with_class_mapping_splits_and_labels(voc_dir, tmp_path):
   # Class 20 (tvmonitor) becomes 19, background and boundaries 255; pixel counts survive.
   ex = splits["validation"]["2010_000005"]["label"][..., 0]
   assert set(np.unique(ex)) == {0, 19, 255}
-  meta = registry.built_spec(dataset)
+  meta = dict(dataset.builder.info.metadata)
   assert meta["classes"][15:] == ["pottedplant", "sheep", "sofa", "train", "tvmonitor"]
   assert meta["unseen"] == [15, 16, 17, 18, 19] and meta["ignore_index"] == 255
 
@@ -198,7 +198,7 @@ def test_a_partial_build_is_recorded_and_never_shadows_a_later_build(voc_dir, tm
   first = _build_cli("voc12_zs3", f"--manual_dir={manual}", f"--data_dir={data}", "--allow_partial")
   assert first.returncode == 0, first.stderr[-2000:]
   dataset = registry.load("voc12_zs3", data)
-  assert registry.built_spec(dataset)["partial"] == {"train": "3 of 10582", "validation": "2 of 1449"}
+  assert dict(dataset.builder.info.metadata)["partial"] == {"train": "3 of 10582", "validation": "2 of 1449"}
   assert registry.partial_note(dataset) == "train 3 of 10582, validation 2 of 1449"  # what training prints
   again = _build_cli("voc12_zs3", f"--manual_dir={manual}", f"--data_dir={data}")
   assert again.returncode == 0 and again.stdout.startswith("already built, not rebuilt: voc12_zs3")

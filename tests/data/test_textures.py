@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from zegot_jax.data import build, textures
+from zegot_jax.data import build, label_map, textures
 from zegot_jax.data.classes import IGNORE_INDEX
 from zegot_jax.data.textures import CATEGORIES, COLOURS, caption, render_scene, texture_mask
 
@@ -118,7 +118,7 @@ def test_training_does_not_rescale_the_textures(tmp_path):
 
   world = build.build("textures_zs3/tiny", tmp_path)
   assert world.builder.info.metadata["train_ratio_range"] == [1.0, 1.0]
-  lut = pipeline.unseen_lut(len(world.spec.classes), world.spec.unseen, "transductive")
+  lut = label_map.unseen_lut(world.spec.unseen, "transductive")
   stored = [lut[example["label"][..., 0]] for example in world.splits["train"]]
   batch = next(iter(pipeline.train_dataset(world.splits["train"], world.spec, batch_size=8, seed=0,
                                            process_index=0, process_count=1)))

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.special import logsumexp
 
-from zegot_jax.models.mpot import SinkhornConfig, bipartite_refine, mpot_refine, sinkhorn_plans
+from zegot_jax.models.mpot import bipartite_refine, mpot_refine
+from zegot_jax.models.sinkhorn import SinkhornConfig, sinkhorn_plans
 
 OTT = SinkhornConfig(solver="ott", gradient="unrolled")
 TIGHT = SinkhornConfig(threshold=1e-7, max_iterations=2000, solver="ott", gradient="unrolled")

@@ -33,6 +33,10 @@ def _build(clip, config=BASE, classes=CLASSES, seed=0, dtype=jnp.float32):
   return model, zegot.merge_params(trainable, loaded.params), tokens
 
 
+def _trainable(params):
+  return {k: v for k, v in params.items() if k != "clip"}
+
+
 def _run(model, params, images, tokens):
   return jax.jit(model.apply)({"params": params}, images, jnp.asarray(tokens))
 
@@ -91,7 +95,7 @@ def test_other_class_lists_need_no_new_parameters(clip, images):
   np.testing.assert_allclose(b[..., :5], a, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(c, np.asarray(a)[..., [1, 3]], rtol=1e-5, atol=1e-5)
   assert not np.allclose(out_more.decoder_logits[..., :5], out.decoder_logits, atol=1e-4)
-  shapes = jax.tree_util.tree_map(jnp.shape, zegot.split_params(params)[0])
+  shapes = jax.tree_util.tree_map(jnp.shape, _trainable(params))
   assert jax.tree_util.tree_map(jnp.shape, zegot.abstract_trainable(model)) == shapes
 
 
@@ -125,9 +129,9 @@ def test_every_ablation_switch_builds_runs_and_changes_the_output(clip, images, 
   config = dataclasses.replace(BASE, **ABLATIONS[name])
   model_a, params_a, tokens_a = _build(clip, config)
   # Shared parameters are taken from the reference so that only the switch differs.
-  trainable_a = zegot.split_params(params_a)[0]
+  trainable_a = _trainable(params_a)
   for key in ("decoder",) if name == "ga_init=random" else ("global_alignment", "decoder"):
-    trainable_a[key] = zegot.split_params(params)[0][key]
+    trainable_a[key] = _trainable(params)[key]
   out, _ = _run(model_a, zegot.merge_params(trainable_a, params["clip"]), images, tokens_a)
   assert all(np.isfinite(np.asarray(y)).all() for y in out)
   assert float(jnp.abs(out.logits - reference.logits).max()) > 1e-4, f"{name} did not change the output"
@@ -161,7 +165,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(clip, images):
     grads = jax.jit(jax.grad(loss))(params)
     clip_grads = jax.tree_util.tree_leaves(grads["clip"])
     assert clip_grads and all(float(jnp.abs(g).max()) == 0.0 for g in clip_grads)
-    trainable = zegot.split_params(grads)[0]
+    trainable = _trainable(grads)
     expected = {"context", "global_alignment", "decoder"} | (
         {"match_query", "match_key"} if config.matching == "self_attention" else set())
     assert set(trainable) == expected
@@ -232,8 +236,8 @@ def test_trainable_init_equals_the_trainable_part_of_a_full_init(clip, overrides
   model = zegot.ZegOT(loaded.config, dataclasses.replace(BASE, **overrides))
   tokens = zegot.class_tokens(tokenizer, CLASSES, model.config)
   size = 2 * loaded.config.vision.patch_size
-  full = jax.jit(lambda key: zegot.split_params(model.init(key, jnp.zeros((1, size, size, 3), jnp.uint8),
-                                                           jnp.asarray(tokens))["params"])[0])(jax.random.key(7))
+  full = jax.jit(lambda key: _trainable(model.init(key, jnp.zeros((1, size, size, 3), jnp.uint8),
+                                                  jnp.asarray(tokens))["params"]))(jax.random.key(7))
   trainable = zegot.init_trainable(model, jax.random.key(7))
   assert jax.tree_util.tree_structure(trainable) == jax.tree_util.tree_structure(full)
   jax.tree_util.tree_map(np.testing.assert_array_equal, trainable, full)

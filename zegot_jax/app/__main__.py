@@ -3,6 +3,7 @@ masks and shares, and each prompt's score maps of a chosen class.
 
   python -m zegot_jax.app --workdir runs/demo                  # then open http://127.0.0.1:7860
   python -m zegot_jax.app --workdir runs/voc --port 8080 --host 0.0.0.0 --max_side 2048
+  python -m zegot_jax.app --workdir runs/voc --config configs/voc12_zs3.py --config.data_dir=/data/tfds
 
 The page segments through the same `Predictor` as `python -m zegot_jax.predict` and writes the same files (the
 overlay and masks are predict's, pixel for pixel). The model is loaded once; a class list's text embeddings are
@@ -21,8 +22,9 @@ import tempfile
 import time
 
 from absl import flags, logging
+from ml_collections import config_flags
 
-from zegot_jax import cli, config_lib
+from zegot_jax import cli
 from zegot_jax.errors import ConfigError
 
 
@@ -33,7 +35,9 @@ def _define_flags() -> dict:
       port=flags.DEFINE_integer("port", 7860, "the port to serve on"),
       host=flags.DEFINE_string("host", "127.0.0.1", "the address to serve on (0.0.0.0: every interface)"),
       step=flags.DEFINE_integer("step", None, "checkpoint step (default: the latest)"),
-      config=flags.DEFINE_string("config", None, "config file (default: <workdir>/config.json)"),
+      config=config_flags.DEFINE_config_file("config", None, "the run's config file (default: <workdir>/config.json); "
+                                             "its fields may be overridden: --config.clip.attention=xla",
+                                             lock_config=True),
       max_side=flags.DEFINE_integer("max_side", 1024, "images whose long side is over this are downscaled to it"),
       examples=flags.DEFINE_integer("examples", 6, "evaluation images offered as examples (0: none)"),
       warm_up=flags.DEFINE_bool("warm_up", True, "compile the model for one window and the dataset's classes "
@@ -95,7 +99,7 @@ def main(argv, f: dict):
   from zegot_jax.app import session as session_lib, ui  # pylint: disable=g-import-not-at-top,import-outside-toplevel
 
   start = time.perf_counter()
-  config = config_lib.load_config(f["config"].value) if f["config"].value else None
+  config = f["config"].value  # None: the run's config.json
   predictor = prediction.Predictor(f["workdir"].value, config, f["step"].value)
   with tempfile.TemporaryDirectory(prefix="zegot_app_") as out_root:
     session = session_lib.Session(predictor, out_root, max_side=f["max_side"].value)

@@ -1,4 +1,4 @@
-"""Class lists, zero-shot splits and label conventions of the benchmarks (DESIGN.md, mmsegmentation's orders).
+"""Class lists, zero-shot splits and label conventions of the benchmarks (docs/reading.md, mmsegmentation's orders).
 
 Label values in every dataset built here: 0..K-1 class indices in the order below, IGNORE_INDEX (255) for
 background and boundaries. At training time the pipeline marks unseen-class pixels as UNLABELLED (254) in the

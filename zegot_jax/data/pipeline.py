@@ -3,7 +3,8 @@
 Training: each JAX process reads its own disjoint shard (`source[process_index::process_count]`), shuffles it
 (reshuffled every epoch), augments every example with a generator derived from (seed, position), so the stream
 is a pure function of the seed; the iterator's state (`get_state` / `set_state`) makes it resumable exactly.
-Unseen-class pixels become UNLABELLED (254) in the transductive setting, IGNORE_INDEX (255) in the inductive one.
+Unseen-class pixels become UNLABELLED (254) in the transductive setting, IGNORE_INDEX (255) in the inductive one
+(`label_map.py`).
 
 Evaluation: images resized so their short side is the dataset's eval_short_side (ratio kept), labels kept at the
 original resolution, one example at a time (images differ in size).
@@ -12,27 +13,16 @@ original resolution, one example at a time (images differ in size).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
 from typing import Any
 
 import grain
 import numpy as np
 from absl import flags
 
-from zegot_jax.data import augment
-from zegot_jax.data.classes import IGNORE_INDEX, UNLABELLED, DatasetSpec
+from zegot_jax.data import augment, label_map
+from zegot_jax.data.classes import IGNORE_INDEX, DatasetSpec
 
-SETTINGS = ("transductive", "inductive")
 PHOTOMETRIC = ("host", "device", "off")  # where photometric distortion is applied (device: `photometric.distort`)
-
-
-def unseen_lut(num_classes: int, unseen: Sequence[int], setting: str) -> np.ndarray:
-  """256-entry table: unseen classes → UNLABELLED (transductive) or IGNORE_INDEX (inductive), rest unchanged."""
-  if setting not in SETTINGS:
-    raise ValueError(f"setting={setting!r}; expected one of {SETTINGS}")
-  lut = np.arange(256, dtype=np.uint8)
-  lut[list(unseen)] = UNLABELLED if setting == "transductive" else IGNORE_INDEX
-  return lut
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +71,7 @@ def train_dataset(source, spec: DatasetSpec, *, batch_size: int, seed: int, sett
   if len(ds) < batch_size:
     raise ValueError(f"{spec.name}: this process's shard has {len(ds)} examples, fewer than batch_size={batch_size}")
   transform = TrainAugment(spec.crop_size, tuple(spec.train_scale),
-                           unseen_lut(len(spec.classes), spec.unseen, setting),
+                           label_map.unseen_lut(spec.unseen, setting),
                            ratio_range=tuple(spec.train_ratio_range), photometric=photometric)
   ds = ds.seed(seed).shuffle().repeat().random_map(transform).batch(batch_size, drop_remainder=True)
   iter_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=2, prefetch_buffer_size=2))

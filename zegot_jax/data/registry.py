@@ -103,11 +103,6 @@ def partial_note(dataset: Dataset) -> str | None:
   return ", ".join(f"{k} {v}" for k, v in partial.items()) if partial else None
 
 
-def built_spec(dataset: Dataset) -> dict:
-  """The metadata stored with the built dataset (classes, unseen, ignore index, a partial build's sizes)."""
-  return dict(dataset.builder.info.metadata)
-
-
 def fingerprint(dataset: Dataset, split: str = "train", samples: int = 8) -> dict:
   """What identifies a build's split cheaply: its record count and a sha256 of `samples` records spread over it
   (every array's name, dtype, shape and bytes) and of its class list. Two builds of the same files agree; a build

@@ -2,7 +2,7 @@
 
 It runs on each class's own stack of score maps (the DFA layers' maps Σ_N S_i and the fused map Σ_N S*) as
 B·K single-class "images" of h×w, with weights shared across classes: it works for any number and order of
-classes, permuting the classes permutes its output, and no parameter has K in its shape (DESIGN.md).
+classes, permuting the classes permutes its output, and no parameter has K in its shape (docs/reading.md).
 
 Normalization statistics are shared by the K class maps of an image (GroupNorm over K·h·w and the group's
 channels). A class's score level relative to the other classes at the same pixel is what names the pixel;

@@ -12,9 +12,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from zegot_jax.models.sinkhorn import SinkhornConfig, Transport, implicit_plans, sinkhorn_plans
+from zegot_jax.models.sinkhorn import SinkhornConfig, Transport, sinkhorn_plans
 
-__all__ = ["SinkhornConfig", "Transport", "bipartite_refine", "implicit_plans", "mpot_refine", "sinkhorn_plans"]
 
 
 def _problems(scores: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
@@ -31,7 +30,7 @@ def _maps(problems: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def mpot_refine(scores: jax.Array, config: SinkhornConfig = SinkhornConfig()) -> tuple[jax.Array, Transport]:
   """S*_i = (M·N) · T*_i ⊙ S_i (eq. 7) for score maps (..., h, w, K, N); one transport problem per map and class.
 
-  The M·N factor rescales each plan to mean 1 (DESIGN.md; the paper's eq. 7 omits it, which would shrink the
+  The M·N factor rescales each plan to mean 1 (docs/reading.md; the paper's eq. 7 omits it, which would shrink the
   scores by M·N). Returns the refined maps, float32, and the plans in the same (..., h, w, K, N) layout.
   """
   s, shape = _problems(scores.astype(jnp.float32))  # (P, M, N)

@@ -1,6 +1,6 @@
 """ZegOT (section 4): learnable multi-prompts, GA, DFA, MPOT, fusion, the class-agnostic decoder and the ensemble.
 
-Data flow (DESIGN.md), B images of H×W, patch grid h×w, K classes, N prompts, d DFA layers, D = projection dim:
+Data flow (docs/reading.md), B images of H×W, patch grid h×w, K classes, N prompts, d DFA layers, D = projection dim:
 
   images ─ frozen CLIP ViT ─▶ f̄ (B, D) and f_i (B, h, w, D) for i in dfa_layers, L2-normalized
   classes × N contexts ─ frozen text tower ─▶ g (K, N, D), L2-normalized          (once per step / evaluation)
@@ -14,7 +14,7 @@ Data flow (DESIGN.md), B images of H×W, patch grid h×w, K classes, N prompts, 
 
 Everything is per class with weights shared across classes, so any list of class names works and permuting it
 permutes the outputs. Parameters live in one tree: `params["clip"]` is the frozen CLIP (no gradient, no optimizer
-state; see `split_params`), the rest is trainable: `context` (N, C, text width), `global_alignment` (Q),
+state; `merge_params` puts it beside the rest), the rest is trainable: `context` (N, C, text width), `global_alignment` (Q),
 `decoder`, and for the self-attention ablation `match_query`/`match_key`.
 """
 
@@ -33,7 +33,8 @@ import numpy as np
 from zegot_jax.models import encoders, transformer
 from zegot_jax.models import prompts as prompts_lib
 from zegot_jax.models.decoder import ClassAgnosticDecoder
-from zegot_jax.models.mpot import SinkhornConfig, bipartite_refine, mpot_refine
+from zegot_jax.models.mpot import bipartite_refine, mpot_refine
+from zegot_jax.models.sinkhorn import SinkhornConfig
 
 MATCHINGS = ("mpot", "none", "bipartite", "self_attention")
 PROMPT_KINDS = ("learnable", "handcrafted")
@@ -124,7 +125,7 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-6) -> jax.Array:
 
 
 def fuse_score_maps(refined: jax.Array, norm: str = "sigmoid") -> jax.Array:
-  """Eq. 8 as DESIGN.md makes it well-defined: the last layer's refined map, raw, times the geometric mean of
+  """Eq. 8 as docs/reading.md makes it well-defined: the last layer's refined map, raw, times the geometric mean of
   the normalized earlier layers. refined: (d, ..., h, w, K, N) → (..., h, w, K, N), float32."""
   refined = refined.astype(jnp.float32)
   last, earlier = refined[-1], refined[:-1]
@@ -317,12 +318,6 @@ def class_tokens(tokenizer, class_names: Sequence[str], config: ZegOTConfig, enc
   texts = [t.format(n) for n in names for t in config.templates]
   ids = prompts_lib.tokenize(tokenizer, texts, length=length, max_length=max_length)
   return ids.reshape(len(names), len(config.templates), -1)
-
-
-def split_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-  """(trainable, frozen CLIP) parts of a ZegOT parameter tree."""
-  trainable = {k: v for k, v in params.items() if k != "clip"}
-  return trainable, params["clip"]
 
 
 def merge_params(trainable: Mapping[str, Any], clip_params: Any) -> dict[str, Any]:

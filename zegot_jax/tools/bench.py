@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from zegot_jax import from_config, trainer
-from zegot_jax.data import augment
+from zegot_jax.data import augment, label_map
 from zegot_jax.data import classes as classes_lib
 from zegot_jax.models import prompts, zegot
 from zegot_jax.models.clip import CLIP, CLIPConfig, vit_b16_config
@@ -49,7 +49,7 @@ class Bench:
   def __post_init__(self):
     c = self.config
     self.spec = classes_lib.SPECS[c.dataset.split("/")[0]]
-    self.class_indices, _ = trainer.training_classes(self.spec, c.setting)
+    self.class_indices, _ = label_map.training_classes(self.spec, c.setting)
     self.unseen = [i for i, k in enumerate(self.class_indices) if k in self.spec.unseen]
     self.model_config = from_config.model_config(c)
     size = c.clip.image_size

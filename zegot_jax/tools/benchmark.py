@@ -41,7 +41,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from zegot_jax import cli, errors, selftrain, trainer
-from zegot_jax.data import photometric
+from zegot_jax.data import label_map, photometric
 from zegot_jax.models.losses import segmentation_loss
 from zegot_jax.tools import profile_parts
 from zegot_jax.tools.bench import Bench
@@ -117,7 +117,7 @@ def account(bench: Bench, mode: str, repeats: int, cost_only_iterations: int | N
     return rows, info
 
   def losses(o, y):
-    y = selftrain.ignore_unlabelled(y.astype(jnp.int32))
+    y = label_map.ignore_unlabelled(y.astype(jnp.int32))
     return segmentation_loss(o.score_logits, y).total + segmentation_loss(o.decoder_logits, y).total
 
   part("losses", losses, out, labels)

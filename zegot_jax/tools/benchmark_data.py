@@ -44,7 +44,7 @@ from absl import flags
 from tqdm import tqdm
 
 from zegot_jax import cli, errors
-from zegot_jax.data import augment, build, pipeline, registry
+from zegot_jax.data import augment, build, label_map, pipeline, registry
 from zegot_jax.data.classes import IGNORE_INDEX
 from zegot_jax.tools import make_benchmark_data
 
@@ -142,7 +142,7 @@ def stage_breakdown(dataset: registry.Dataset, examples: int, *, batch: int = 16
   raw = builder.as_data_source(split="train", decoders=skip)  # records read and parsed, not decoded
   features = builder.info.features
   crop = (spec.crop_size, spec.crop_size)
-  lut = pipeline.unseen_lut(len(spec.classes), spec.unseen, "transductive")
+  lut = label_map.unseen_lut(spec.unseen, "transductive")
   rng = np.random.default_rng(seed)
   decode_image = f"decode image ({getattr(builder, 'IMAGE_FORMAT', 'jpeg').upper()})"
   ms: dict[str, float] = collections.defaultdict(float)

@@ -17,7 +17,8 @@ import jax.numpy as jnp
 from absl import flags
 
 from zegot_jax import cli
-from zegot_jax.models.mpot import SinkhornConfig, mpot_refine
+from zegot_jax.models.mpot import mpot_refine
+from zegot_jax.models.sinkhorn import SinkhornConfig
 
 _CLASSES = flags.DEFINE_integer("classes", 20, "K, classes per image", lower_bound=1)
 _BATCH = flags.DEFINE_integer("batch", 16, "images", lower_bound=1)
