@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from zegot_jax import errors, from_config, train_config
 from zegot_jax.errors import ConfigError, DamagedFileError, MissingFileError, UserError
-from zegot_jax.models import encoders, prompts, zegot
+from zegot_jax.models import encoders, zegot
 from zegot_jax.train_config import TrainConfig
 
 # Config entries that may change between a run and its resumption without changing what it computes (each is
@@ -363,15 +363,12 @@ def load_run(workdir: str | pathlib.Path, config: ml_collections.ConfigDict, ste
   """The frozen CLIP and the trainable params of a checkpoint (latest or `step`) of the run in `workdir`; with
   `untrained_seed`, freshly initialized trainable params instead (for baselines that train nothing; step 0)."""
   workdir = pathlib.Path(workdir).expanduser()
-  mesh = from_config.make_mesh(config)
   if untrained_seed is None:
     _require_run(workdir)  # before anything is read from it
-  clip = from_config.load_clip(config, workdir, create=untrained_seed is not None)
-  model = from_config.build_model(config, clip)
-  tokenizer = prompts.load_tokenizer(clip.path)
+  run = from_config.build_run(config, workdir, create=untrained_seed is not None)  # as training builds it
   if untrained_seed is None:
-    trainable, step = restore_trainable(workdir, config, model, mesh, step)
+    trainable, step = restore_trainable(workdir, config, run.model, run.mesh, step)
   else:
-    trainable, step = zegot.init_trainable(model, jax.random.key(untrained_seed)), 0
-  params = zegot.merge_params(trainable, from_config.shard_clip_params(clip.params, mesh, config))
-  return TrainedRun(model, params, tokenizer, mesh, step)
+    trainable, step = zegot.init_trainable(run.model, jax.random.key(untrained_seed)), 0
+  params = zegot.merge_params(trainable, from_config.shard_clip_params(run.clip.params, run.mesh, config))
+  return TrainedRun(run.model, params, run.tokenizer, run.mesh, step)

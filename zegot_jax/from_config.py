@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +19,7 @@ from jax.sharding import PartitionSpec as P
 from zegot_jax.data import build as data_build
 from zegot_jax.errors import ConfigError, MissingFileError
 from zegot_jax.data import registry
-from zegot_jax.models import attention, encoder_checkpoint, encoders, tiny_clip, zegot
+from zegot_jax.models import attention, encoder_checkpoint, encoders, prompts, tiny_clip, zegot
 from zegot_jax.models.sinkhorn import SinkhornConfig
 
 
@@ -85,6 +85,24 @@ def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path, 
                                f"{tiny_clip.RANDOM_TINY!r}, whose weights training writes there")
     return str(tiny_clip.make_random_clip(directory, family=family))
   return config.clip.path
+
+
+class Run(NamedTuple):
+  """What a config builds before any state: the same for training (trainer.py) and inference (checkpoints.load_run)."""
+
+  mesh: jax.sharding.Mesh
+  clip: encoder_checkpoint.LoadedEncoder  # the frozen encoder, of any family
+  model: zegot.ZegOT
+  tokenizer: Any  # the encoder's
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: pathlib.Path, *, create: bool = True,
+              mesh: jax.sharding.Mesh | None = None) -> Run:
+  """The mesh, the frozen encoder of clip.path (random-tiny written into `workdir` when `create`), the ZegOT model
+  on it and the encoder's tokenizer."""
+  mesh = make_mesh(config) if mesh is None else mesh
+  clip = load_clip(config, workdir, create=create)
+  return Run(mesh, clip, build_model(config, clip), prompts.load_tokenizer(clip.path))
 
 
 def model_config(config: ml_collections.ConfigDict) -> zegot.ZegOTConfig:

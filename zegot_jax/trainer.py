@@ -2,8 +2,9 @@
 
 The command line is `python -m zegot_jax.train` (train.py); this module is the library it calls.
 
-Sections, in the order `train_and_evaluate` runs them: mesh, input pipeline, CLIP and model, optimizer and state,
-sharding, update step, checkpoint restore, loop (logging, evaluation, checkpoints, preemption).
+A run's steps are `_Training`'s methods, in the order `train_and_evaluate` calls them: build (mesh, input pipeline
+and label mapping, the run as inference builds it: `from_config.build_run`, optimizer, the jitted update step),
+start (restore or initialize the state), loop (each step, then log, evaluate and save where due; preemption).
 
 A run restarted in the same workdir resumes from its latest checkpoint (parameters, optimizer state, teacher,
 data iterator) and continues exactly as if never stopped. SIGTERM (preemption) saves a checkpoint and
@@ -16,6 +17,7 @@ The workdir holds checkpoints/, metrics.jsonl, tb/ (TensorBoard), config.json an
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import pathlib
 import signal
@@ -39,7 +41,7 @@ from zegot_jax import checkpoints, errors, evaluation, from_config, selftrain
 from zegot_jax.data import label_map, photometric, pipeline, registry
 from zegot_jax.data.classes import IGNORE_INDEX
 from zegot_jax.errors import ConfigError, DamagedFileError, DivergedError
-from zegot_jax.models import prompts, zegot
+from zegot_jax.models import zegot
 from zegot_jax.models.losses import segmentation_loss
 from zegot_jax.train_config import TrainConfig
 
@@ -249,162 +251,191 @@ def params_max_abs(params: Any) -> jax.Array:
   return jnp.max(jnp.stack([jnp.max(jnp.abs(x)).astype(jnp.float32) for x in jax.tree_util.tree_leaves(params)]))
 
 
-def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: int | None) -> dict:
-  t = train_config(config)
-  is_main = jax.process_index() == 0
+class _Training:
+  """One call of `train_and_evaluate`, in the steps a reader follows: `__init__` builds the run from the config
+  (mesh, data, frozen encoder, model, optimizer, the jitted step), `start` restores the latest checkpoint or
+  initializes the state, `loop` runs the steps, each followed where due by `log`, `evaluate` and `save`."""
 
-  # Mesh: the batch is split over every device (data × fsdp); frozen CLIP matrices over fsdp.
-  mesh = from_config.make_mesh(config)
-  replicated = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
-  if t.batch_size % jax.device_count() or t.batch_size % jax.process_count():
-    raise ConfigError(f"config train.batch_size={t.batch_size} must divide over {jax.device_count()} devices and "
-                     f"{jax.process_count()} processes")
+  def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, on_step, restart_from: int | None):
+    self.config, self.workdir, self.on_step, self.restart_from = config, workdir, on_step, restart_from
+    self.t = t = train_config(config)
+    self.is_main = jax.process_index() == 0
+    self.multi_process = jax.process_count() > 1
 
-  # Input pipeline: this process's shard of the dataset, batch_size / process_count examples per step.
-  dataset = from_config.open_dataset(config)
-  spec = dataset.spec
-  partial = registry.partial_note(dataset)
-  if partial and is_main:
-    print(f"warning: {spec.name} is a partial build ({partial} examples): its numbers are not comparable with the "
-          f"full dataset's", file=sys.stderr)
-  classes, label_lut = label_map.training_classes(spec, config.setting)
-  unseen = label_map.unseen_positions(spec, config.setting)
-  data = pipeline.train_dataset(dataset.splits["train"], spec, batch_size=t.batch_size // jax.process_count(),
-                                seed=t.seed, setting=config.setting, num_workers=t.num_workers,
-                                photometric="device")
+    # Mesh: the batch is split over every device (data × fsdp); frozen encoder matrices over fsdp.
+    mesh = from_config.make_mesh(config)
+    replicated = NamedSharding(mesh, P())
+    self.batch_sharding = NamedSharding(mesh, P(("data", "fsdp")))
+    if t.batch_size % jax.device_count() or t.batch_size % jax.process_count():
+      raise ConfigError(f"config train.batch_size={t.batch_size} must divide over {jax.device_count()} devices "
+                        f"and {jax.process_count()} processes")
 
-  # CLIP and model; the class prompts are tokenized once.
-  clip = from_config.load_clip(config, workdir)
-  model = from_config.build_model(config, clip)
-  tokenizer = prompts.load_tokenizer(clip.path)
-  tokens = jax.device_put(zegot.class_tokens(tokenizer, [spec.classes[i] for i in classes], model.config,
-                                             model.clip_config),
-                          replicated)
-  clip_params = from_config.shard_clip_params(clip.params, mesh, config)
+    # Input pipeline: this process's shard of the dataset, batch_size / process_count examples per step; the
+    # zero-shot label mapping of the setting (data/label_map.py).
+    self.dataset = dataset = from_config.open_dataset(config)
+    self.spec = spec = dataset.spec
+    partial = registry.partial_note(dataset)
+    if partial and self.is_main:
+      print(f"warning: {spec.name} is a partial build ({partial} examples): its numbers are not comparable with "
+            f"the full dataset's", file=sys.stderr)
+    self.classes, self.label_lut = label_map.training_classes(spec, config.setting)
+    unseen = label_map.unseen_positions(spec, config.setting)
+    self.data = pipeline.train_dataset(dataset.splits["train"], spec, batch_size=t.batch_size // jax.process_count(),
+                                       seed=t.seed, setting=config.setting, num_workers=t.num_workers,
+                                       photometric="device")
 
-  # Optimizer and state, initialized directly into their (replicated) shardings.
-  optimizer, lr_schedule = make_optimizer(config)
-  schedule = make_schedule(config)
+    # The run (mesh, frozen encoder, model, tokenizer: as inference builds it); the class prompts tokenized once.
+    self.run = run = from_config.build_run(config, workdir, mesh=mesh)
+    self.tokens = jax.device_put(zegot.class_tokens(run.tokenizer, [spec.classes[i] for i in self.classes],
+                                                    run.model.config, run.model.clip_config), replicated)
+    self.clip_params = from_config.shard_clip_params(run.clip.params, mesh, config)
 
-  def init_state(rng, clip_params, tokens):
-    return initial_state(model, optimizer, rng, clip_params, tokens)
+    # Optimizer, schedule and the jitted step, with the state's (replicated) shardings fixed: compiled once.
+    optimizer, lr_schedule = make_optimizer(config)
+    self.schedule = make_schedule(config)
+    self.init_state = functools.partial(initial_state, run.model, optimizer)
+    self.abstract = jax.eval_shape(self.init_state, jax.random.key(t.seed), self.clip_params, self.tokens)
+    self.state_sharding = jax.tree_util.tree_map(lambda _: replicated, self.abstract)
+    clip_shardings = jax.tree_util.tree_map(lambda a: a.sharding, self.clip_params)
+    self.step_fn = jax.jit(make_train_step(run.model, optimizer, lr_schedule, self.schedule, unseen),
+                           donate_argnums=(0,),
+                           in_shardings=(self.state_sharding, clip_shardings, replicated, self.batch_sharding,
+                                         self.batch_sharding, self.batch_sharding),
+                           out_shardings=(self.state_sharding, replicated))
+    self.health = jax.jit(lambda state: (all_finite(state), params_max_abs(state["params"])))
+    self.evaluator = None  # built at the first evaluation, on the dataset already open: opened once per run
 
-  abstract = jax.eval_shape(init_state, jax.random.key(t.seed), clip_params, tokens)
-  state_sharding = jax.tree_util.tree_map(lambda _: replicated, abstract)
-  clip_shardings = jax.tree_util.tree_map(lambda a: a.sharding, clip_params)
-  step_fn = jax.jit(make_train_step(model, optimizer, lr_schedule, schedule, unseen), donate_argnums=(0,),
-                    in_shardings=(state_sharding, clip_shardings, replicated, batch_sharding, batch_sharding,
-                                  batch_sharding),
-                    out_shardings=(state_sharding, replicated))  # fixed layouts: compiled once
+  def start(self) -> int:
+    """The latest checkpoint in the workdir restored after checking it matches the config (or, asked explicitly,
+    an earlier one: the later ones are moved aside first), or a fresh state. Returns the step to start from."""
+    config, workdir, t = self.config, self.workdir, self.t
+    if self.restart_from is not None:
+      if self.is_main:
+        checkpoints.abandon_after(workdir, self.restart_from)
+      if self.multi_process:
+        multihost_utils.sync_global_devices("zegot_restart_from")
+    with errors.storage(f"--workdir={workdir}: cannot create checkpoints/"):
+      self.mngr = mngr = checkpoints.manager(workdir)
+    start = mngr.latest_step()
+    self.iterator = iter(self.data)
+    self.data_fingerprint = registry.fingerprint(self.dataset)  # checked at every resume: a run continues on its data
+    if start is None:
+      self.state = jax.jit(self.init_state, out_shardings=self.state_sharding)(
+          jax.random.key(t.seed), self.clip_params, self.tokens)
+      start, self.initial_max_abs = 0, float(params_max_abs(self.state.params))
+    else:
+      target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                      state_to_dict(self.abstract), state_to_dict(self.state_sharding))
+      restored, data_state = checkpoints.restore(
+          mngr, start, target, config=config, where=str(workdir), data=True, data_fingerprint=self.data_fingerprint,
+          allowed=checkpoints.RESTART_CHANGES if self.restart_from is not None else (),
+          encoder=self.run.clip.family.name)
+      self.state = TrainState(**restored)
+      self.iterator.set_state(data_state)
+      meta = checkpoints.read_meta(mngr, start)
+      self.initial_max_abs = (meta.get("health") or {}).get("initial_params_max_abs")
+      healthy, how = checkpoints.health(meta)
+      if self.restart_from is not None and healthy is False and self.is_main:
+        print(f"warning: checkpoint {start} is finite but blown up ({how}); a lower learning rate may not recover "
+              f"it: {checkpoints.restart_advice(mngr, before=start)}", file=sys.stderr)
+    if self.is_main:
+      with errors.storage(f"--workdir={workdir}: cannot write config.json"):
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    return start
 
-  # Checkpoint restore: the latest one in the workdir, if any, after checking it matches the config; or, asked
-  # explicitly, an earlier one (the later ones are moved aside first).
-  if restart_from is not None:
-    if is_main:
-      checkpoints.abandon_after(workdir, restart_from)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices("zegot_restart_from")
-  with errors.storage(f"--workdir={workdir}: cannot create checkpoints/"):
-    mngr = checkpoints.manager(workdir)
-  start = mngr.latest_step()
-  iterator = iter(data)
-  data_fingerprint = registry.fingerprint(dataset)  # checked at every resume: a run continues on its own data
-  health = jax.jit(lambda state: (all_finite(state), params_max_abs(state["params"])))
-  if start is None:
-    state = jax.jit(init_state, out_shardings=state_sharding)(jax.random.key(t.seed), clip_params, tokens)
-    start, initial_max_abs = 0, float(params_max_abs(state.params))
-  else:
-    target = jax.tree_util.tree_map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                    state_to_dict(abstract), state_to_dict(state_sharding))
-    restored, data_state = checkpoints.restore(
-        mngr, start, target, config=config, where=str(workdir), data=True, data_fingerprint=data_fingerprint,
-        allowed=checkpoints.RESTART_CHANGES if restart_from is not None else (), encoder=clip.family.name)
-    state = TrainState(**restored)
-    iterator.set_state(data_state)
-    meta = checkpoints.read_meta(mngr, start)
-    initial_max_abs = (meta.get("health") or {}).get("initial_params_max_abs")
-    healthy, how = checkpoints.health(meta)
-    if restart_from is not None and healthy is False and is_main:
-      print(f"warning: checkpoint {start} is finite but blown up ({how}); a lower learning rate may not recover "
-            f"it: {checkpoints.restart_advice(mngr, before=start)}", file=sys.stderr)
-  if is_main:
-    with errors.storage(f"--workdir={workdir}: cannot write config.json"):
-      (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-
-  def save(step: int) -> None:
-    finite, max_abs = jax.device_get(health(state_to_dict(state)))  # one host sync per save
+  def save(self, step: int) -> None:
+    """Checkpoint `step`: never a non-finite state; its meta holds what a resume and an inference check."""
+    finite, max_abs = jax.device_get(self.health(state_to_dict(self.state)))  # one host sync per save
     if not finite:
-      raise _diverged(step, schedule.phase(step - 1), "the train state is not finite", mngr)
-    meta = dict(config=checkpoints.checked_config(config), classes=[spec.classes[i] for i in classes],
-                clip_path=str(clip.path), encoder_family=clip.family.name, data=data_fingerprint, data_dir=str(config.data_dir),
-                health=dict(params_max_abs=float(max_abs), initial_params_max_abs=initial_max_abs))
-    checkpoints.save(mngr, step, state_to_dict(state), iterator.get_state(), meta)
+      raise _diverged(step, self.schedule.phase(step - 1), "the train state is not finite", self.mngr)
+    clip = self.run.clip
+    meta = dict(config=checkpoints.checked_config(self.config), classes=[self.spec.classes[i] for i in self.classes],
+                clip_path=str(clip.path), encoder_family=clip.family.name, data=self.data_fingerprint,
+                data_dir=str(self.config.data_dir),
+                health=dict(params_max_abs=float(max_abs), initial_params_max_abs=self.initial_max_abs))
+    checkpoints.save(self.mngr, step, state_to_dict(self.state), self.iterator.get_state(), meta)
 
-  # Preemption: SIGTERM asks the loop to save and stop after the current step. With several processes, JAX's
-  # coordination service receives the signal and all processes agree on the step to stop at.
-  stop = {"requested": False}
-  multi_process = jax.process_count() > 1
-  previous_handler = signal.getsignal(signal.SIGTERM)
-  if not multi_process:
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+  def log(self, done: int, step: int, pending: list, timed_steps: int, timer: float, waited: float) -> dict:
+    """The metrics of the steps since the last log (`timer`: when the window began), fetched together (the loop
+    never waits on the device otherwise), checked finite, written with the window's throughput."""
+    fetched = jax.device_get(pending)
+    elapsed = time.perf_counter() - timer  # the window's steps, finished on the device
+    for offset, m in enumerate(fetched):
+      s = done - len(fetched) + offset + 1
+      if not np.isfinite(m["loss"]):
+        raise _diverged(s, self.schedule.phase(s - 1), f"the loss is {m['loss']}", self.mngr)
+    metrics = {**fetched[-1], "phase": self.schedule.phase(step),
+               "images_per_s": timed_steps * self.t.batch_size / elapsed,
+               "seconds_per_step": elapsed / timed_steps, "data_wait_fraction": waited / elapsed}
+    self.writer.write(done, metrics)
+    self.bar.set_postfix(phase=metrics["phase"], loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}",
+                         img_s=f"{metrics['images_per_s']:.1f}")
+    return metrics
 
-  writer = MetricsWriter(workdir, start, enabled=is_main)
-  last_metrics, last_eval, evaluator = {}, None, None
-  pending = []  # device metrics since the last log: fetched together, so the loop never waits on the device
-  bar = tqdm(total=t.steps, initial=start, disable=not is_main, desc="train", dynamic_ncols=True)
-  timer, timed_steps, waited = time.perf_counter(), 0, 0.0  # waited: seconds in next(iterator) since the log
-  try:
-    for step in range(start, t.steps):
-      asked = time.perf_counter()
-      local = next(iterator)
-      waited += time.perf_counter() - asked
-      images = jax.make_array_from_process_local_data(batch_sharding, local["image"])
-      labels = jax.make_array_from_process_local_data(batch_sharding, label_lut[local["label"]])
-      distortion = jax.make_array_from_process_local_data(batch_sharding, local["photometric"])
-      state, metrics = step_fn(state, clip_params, tokens, images, labels, distortion)
-      pending.append(metrics)
-      timed_steps += 1
-      done = step + 1
-      if on_step is not None:
-        on_step(done)
-      if done % t.log_every == 0 or done == t.steps:
-        fetched = jax.device_get(pending)
-        pending = []
-        elapsed = time.perf_counter() - timer
-        for offset, m in enumerate(fetched):
-          s = done - len(fetched) + offset + 1
-          if not np.isfinite(m["loss"]):
-            raise _diverged(s, schedule.phase(s - 1), f"the loss is {m['loss']}", mngr)
-        last_metrics = {**fetched[-1], "phase": schedule.phase(step),
-                        "images_per_s": timed_steps * t.batch_size / elapsed,
-                        "seconds_per_step": elapsed / timed_steps, "data_wait_fraction": waited / elapsed}
-        writer.write(done, last_metrics)
-        bar.set_postfix(phase=last_metrics["phase"], loss=f"{last_metrics['loss']:.4f}",
-                        lr=f"{last_metrics['lr']:.2e}", img_s=f"{last_metrics['images_per_s']:.1f}")
-        timer, timed_steps, waited = time.perf_counter(), 0, 0.0
-      bar.update(1)
-      if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
-        if evaluator is None:  # built at the first evaluation, on the dataset already open: opened once per run
-          evaluator = evaluation.Evaluator(config, model, tokenizer, mesh=mesh, dataset=dataset,
-                                           max_examples=t.eval_max_examples, pictures_dir=workdir / "pictures")
-        last_eval = evaluator(zegot.merge_params(state.params, clip_params), done)
-        writer.write(done, {f"eval/{k}": v for k, v in last_eval.items() if isinstance(v, float)})
-        timer, waited = time.perf_counter(), 0.0
-      if multi_process and mngr.reached_preemption(done):
-        stop["requested"] = True
-      if done % t.checkpoint_every == 0 or done == t.steps or stop["requested"]:
-        save(done)
-      if stop["requested"]:
-        print(f"\nSIGTERM: saved checkpoint {done} in {workdir}; restart the same command to resume.")
-        break
-  finally:
-    bar.close()
-    writer.close()
-    mngr.wait_until_finished()
-    if not multi_process:
-      signal.signal(signal.SIGTERM, previous_handler)
-  params = jax.tree_util.tree_map(
-      lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)) if jax.process_count() > 1
-      else np.asarray(a), state.params)
-  return dict(step=int(state.step), metrics=last_metrics, eval=last_eval, stopped=stop["requested"], params=params)
+  def evaluate(self, done: int) -> dict:
+    if self.evaluator is None:
+      self.evaluator = evaluation.Evaluator(self.config, self.run.model, self.run.tokenizer, mesh=self.run.mesh,
+                                            dataset=self.dataset, max_examples=self.t.eval_max_examples,
+                                            pictures_dir=self.workdir / "pictures")
+    result = self.evaluator(zegot.merge_params(self.state.params, self.clip_params), done)
+    self.writer.write(done, {f"eval/{k}": v for k, v in result.items() if isinstance(v, float)})
+    return result
+
+  def loop(self, start: int) -> dict:
+    """Steps start..t.steps; SIGTERM (preemption) asks it to save and stop after the current step. With several
+    processes, JAX's coordination service receives the signal and all processes agree on the step to stop at."""
+    t, workdir = self.t, self.workdir
+    stop = {"requested": False}
+    previous_handler = signal.getsignal(signal.SIGTERM)
+    if not self.multi_process:
+      signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    self.writer = MetricsWriter(workdir, start, enabled=self.is_main)
+    last_metrics, last_eval = {}, None
+    pending = []  # device metrics since the last log
+    self.bar = tqdm(total=t.steps, initial=start, disable=not self.is_main, desc="train", dynamic_ncols=True)
+    timer, timed_steps, waited = time.perf_counter(), 0, 0.0  # waited: seconds in next(iterator) since the log
+    try:
+      for step in range(start, t.steps):
+        asked = time.perf_counter()
+        local = next(self.iterator)
+        waited += time.perf_counter() - asked
+        images = jax.make_array_from_process_local_data(self.batch_sharding, local["image"])
+        labels = jax.make_array_from_process_local_data(self.batch_sharding, self.label_lut[local["label"]])
+        distortion = jax.make_array_from_process_local_data(self.batch_sharding, local["photometric"])
+        self.state, metrics = self.step_fn(self.state, self.clip_params, self.tokens, images, labels, distortion)
+        pending.append(metrics)
+        timed_steps += 1
+        done = step + 1
+        if self.on_step is not None:
+          self.on_step(done)
+        if done % t.log_every == 0 or done == t.steps:
+          last_metrics = self.log(done, step, pending, timed_steps, timer, waited)
+          pending = []
+          timer, timed_steps, waited = time.perf_counter(), 0, 0.0
+        self.bar.update(1)
+        if t.eval_every and (done % t.eval_every == 0 or done == t.steps):
+          last_eval = self.evaluate(done)
+          timer, waited = time.perf_counter(), 0.0
+        if self.multi_process and self.mngr.reached_preemption(done):
+          stop["requested"] = True
+        if done % t.checkpoint_every == 0 or done == t.steps or stop["requested"]:
+          self.save(done)
+        if stop["requested"]:
+          print(f"\nSIGTERM: saved checkpoint {done} in {workdir}; restart the same command to resume.")
+          break
+    finally:
+      self.bar.close()
+      self.writer.close()
+      self.mngr.wait_until_finished()
+      if not self.multi_process:
+        signal.signal(signal.SIGTERM, previous_handler)
+    params = jax.tree_util.tree_map(
+        lambda a: np.asarray(multihost_utils.process_allgather(a, tiled=True)) if self.multi_process
+        else np.asarray(a), self.state.params)
+    return dict(step=int(self.state.step), metrics=last_metrics, eval=last_eval, stopped=stop["requested"],
+                params=params)
+
+
+def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: int | None) -> dict:
+  training = _Training(config, workdir, on_step, restart_from)
+  return training.loop(training.start())
