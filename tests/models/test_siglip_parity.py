@@ -193,3 +193,21 @@ def test_prompts_are_what_the_sentencepiece_tokenizer_pads_to_64(sentencepiece_t
   reference = np.asarray(tokenizer(texts, padding="max_length", max_length=64)["input_ids"])
   np.testing.assert_array_equal(ids.reshape(-1, 64), reference)
   assert (reference[:, 0] != tokenizer.eos_token_id).all() and (reference[:, -1] == tokenizer.pad_token_id).all()
+
+
+def test_the_parity_tool_proves_a_siglip_directory_and_names_its_family(checkpoint):
+  """`python -m zegot_jax.tools.clip_parity --model DIR` on a SigLIP checkpoint: every output of both dtypes
+  reported against SiglipModel, the family read from its config.json, and the verdict."""
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  directory, _ = checkpoint
+  done = subprocess.run([sys.executable, "-m", "zegot_jax.tools.clip_parity", f"--model={directory}",
+                         "--image_size=36,24"], cwd=pathlib.Path(__file__).resolve().parents[2], capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  rows = [line.split() for line in done.stdout.splitlines() if line.startswith(directory.name[:12])]
+  assert {r[1] for r in rows} == {"siglip"} and {r[3] for r in rows} == {"float32", "bfloat16"}
+  assert all(float(r[-1]) < 1e-5 for r in rows if r[3] == "float32")
+  assert "OK: every output equals transformers'" in done.stdout
