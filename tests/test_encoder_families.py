@@ -3,6 +3,7 @@ agree on its logits; the page says which encoder it is; a run is never read besi
 
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from tests.test_train import _runlocal
 from zegot_jax import checkpoints, config_lib, evaluation, prediction, trainer
 from zegot_jax.app import session as session_lib
 from zegot_jax.data import textures
-from zegot_jax.models import encoders, siglip
+from zegot_jax.models import encoders, siglip, tiny_clip
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 RUNLOCAL = "configs/textures_zs3.py:runlocal=True"
@@ -151,3 +152,20 @@ def test_the_demo_refuses_another_encoder_naming_the_smoke_config():
   with pytest.raises(config_lib.ConfigError, match=r"the demo's encoder is its shipped mini-CLIP; for a siglip "
                                                    r"smoke run use configs/textures_zs3.py:encoder=siglip"):
     config_lib.load_config("configs/demo.py:encoder=siglip")
+
+
+def test_a_run_is_refused_beside_an_encoder_of_another_family_at_its_own_path(data_dir, tmp_path):
+  """What no path tells: clip.path names a directory whose SigLIP was replaced by a CLIP (same path, clip.family
+  auto, so the config still matches). Resuming and reading the run are refused by the checkpoint's own record."""
+  encoder = tmp_path / "encoder"
+  tiny_clip.make_random_clip(encoder, family="siglip")
+  config = _runlocal(data_dir, steps=2, checkpoint_every=2)
+  config.clip.path = str(encoder)
+  trainer.train_and_evaluate(config, tmp_path / "run")
+  shutil.rmtree(encoder)
+  tiny_clip.make_random_clip(encoder, family="clip")
+  refusal = r"trained beside a siglip encoder, but clip.family=auto loads a clip one from clip.path="
+  with pytest.raises(checkpoints.ConfigError, match=refusal):
+    trainer.train_and_evaluate(config, tmp_path / "run")
+  with pytest.raises(checkpoints.ConfigError, match=refusal):
+    checkpoints.load_run(tmp_path / "run", config)

@@ -275,19 +275,42 @@ def test_train_then_evaluate_through_both_clis(data_dir, tmp_path):
   assert {p.name: p.read_bytes() for p in (tmp_path / "pictures").iterdir() if p.is_file()} == drawn
 
 
-def test_a_checkpoint_lacking_any_field_resumes_exactly_when_the_config_holds_its_default(data_dir):
+def test_a_checkpoint_lacking_any_field_is_matched_against_what_it_ran(data_dir):
   """For every model and training field (a field added later, as the next one will be): a checkpoint written
-  without it matches a config that holds the field's dataclass default, and is refused, by name, under another
-  value. No hand-kept list: the defaults are ZegOTConfig's and TrainConfig's."""
+  without it matches a config holding what such checkpoints ran (the field's dataclass default, unless the default
+  changed since), and is refused, by name, under another value; a config leaving the field out reads as today's
+  default. No list to keep for a new field: the defaults are ZegOTConfig's and TrainConfig's."""
   config = _runlocal(data_dir, steps=2, checkpoint_every=2)
   saved = checkpoints.checked_config(config)
-  defaults = checkpoints.defaults()
-  fields = [k for k in saved if k.startswith(("model.", "train.")) and k in defaults]
+  before, today = checkpoints.behaved_before(), checkpoints.defaults()
+  fields = [k for k in saved if k.startswith(("model.", "train.")) and k in before]
   assert len(fields) > 30 and "train.phase1_unseen" in fields and "model.sinkhorn.epsilon" in fields
   for key in fields:
     without = {k: v for k, v in saved.items() if k != key}
-    if saved[key] == defaults[key]:
+    if saved[key] == before[key]:
       checkpoints.check_matches(without, config, "old")
-    else:  # e.g. runlocal's dfa_layers (1, 2): a checkpoint without the field behaved as the default, not as this
-      with pytest.raises(ValueError, match=re.escape(f"{key}: checkpoint has {defaults[key]!r}, config has")):
+    else:  # e.g. runlocal's dfa_layers (1, 2): a checkpoint without the field ran the default, not this
+      with pytest.raises(ValueError, match=re.escape(f"{key}: checkpoint has {before[key]!r}, config has")):
         checkpoints.check_matches(without, config, "old")
+  assert today["train.seed"] == 0 and today["model.sinkhorn.solver"] == "batched"
+  del config.train.seed  # a config file that leaves a field out trains with its default: the same run
+  checkpoints.check_matches(saved, config, "new")
+
+
+def test_checkpoints_from_before_the_batched_solver_ran_ott_jax_unrolled(data_dir):
+  """The fields whose default changed after they came: a checkpoint without model.sinkhorn.solver / .gradient
+  (before 2026-12-02) ran ott-jax differentiated through its iterations, so it matches the demo's config (which
+  pins those) and is refused under today's default solver; one without model.ga_init (before 2026-11-28) started
+  Q at random."""
+  demo = config_lib.load_config(str(ROOT / "configs" / "demo.py"))
+  assert (demo.model.sinkhorn.solver, demo.model.sinkhorn.gradient) == ("ott", "unrolled")
+  saved = {k: v for k, v in checkpoints.checked_config(demo).items()
+           if k not in ("model.sinkhorn.solver", "model.sinkhorn.gradient")}
+  checkpoints.check_matches(saved, demo, "old")
+  default = _runlocal(data_dir, steps=2, checkpoint_every=2)
+  saved = {k: v for k, v in checkpoints.checked_config(default).items() if k != "model.sinkhorn.solver"}
+  with pytest.raises(ValueError, match=r"model.sinkhorn.solver: checkpoint has 'ott', config has 'batched'"):
+    checkpoints.check_matches(saved, default, "old")
+  saved = {k: v for k, v in checkpoints.checked_config(default).items() if k != "model.ga_init"}
+  with pytest.raises(ValueError, match=r"model.ga_init: checkpoint has 'random', config has 'identity'"):
+    checkpoints.check_matches(saved, default, "old")

@@ -49,11 +49,23 @@ RESTART_CHANGES = ("train.lr", "train.warmup_steps")
 INFERENCE_CHECKED = ("model.", "clip.", "setting", "dataset")
 
 
+# Fields whose default changed after they existed (or whose default was never what runs before them did): what a
+# checkpoint without them ran. Before 2026-12-02 the Sinkhorn was ott-jax's, differentiated through its iterations
+# (the batched solver and implicit gradients became the defaults when `solver` came); before 2026-11-28, Q started
+# random. Every other field's default is what the runs before it did (the rule for a new field).
+BEHAVED_BEFORE = {"model.sinkhorn.solver": "ott", "model.sinkhorn.gradient": "unrolled", "model.ga_init": "random"}
+
+
 def defaults() -> dict:
-  """What a checkpoint or config.json written before a model or training field existed behaved as: the field's
-  default in `ZegOTConfig` / `TrainConfig` (a new field's default is what every run did before it), flattened as
-  `checked_config` flattens ("model.sinkhorn.epsilon", tuples as lists)."""
+  """Today's default of every model and training field (`ZegOTConfig`, `TrainConfig`), flattened as
+  `checked_config` flattens ("model.sinkhorn.epsilon", tuples as lists): what a config that leaves a field out
+  gets."""
   return {**train_config.defaults(zegot.ZegOTConfig, "model"), **train_config.defaults(TrainConfig, "train")}
+
+
+def behaved_before() -> dict:
+  """What a checkpoint or config.json written before a field existed ran with: its default, except BEHAVED_BEFORE."""
+  return {**defaults(), **BEHAVED_BEFORE}
 
 
 def checked_config(config: ml_collections.ConfigDict) -> dict:
@@ -75,7 +87,8 @@ def check_matches(saved: dict, config: ml_collections.ConfigDict, where: str,
                   prefixes: tuple[str, ...] = ("",), allowed: tuple[str, ...] = ()) -> None:
   """Raises with every differing entry (among those starting with one of `prefixes`, except `allowed`)."""
   current = checked_config(config)
-  saved = {**{k: v for k, v in defaults().items() if k in current}, **saved}
+  saved = {**{k: v for k, v in behaved_before().items() if k in current}, **saved}  # an older checkpoint's
+  current = {**{k: v for k, v in defaults().items() if k in saved}, **current}  # a config leaving fields out
   keys = [k for k in sorted(set(saved) | set(current)) if k.startswith(prefixes) and k not in allowed]
   diffs = [f"{k}: checkpoint has {saved.get(k)!r}, config has {current.get(k)!r}"
            for k in keys if saved.get(k) != current.get(k)]
@@ -235,9 +248,9 @@ def check_same_encoder(meta: dict, family: str, config: ml_collections.ConfigDic
   """ConfigError when the checkpoint was trained beside another encoder family than the one loaded now. clip.family
   may change between runs (RESUMABLE_CHANGES: "auto" and the family it reads are the same run), but with
   clip.path=random-tiny each family is another encoder, which could have the same shapes: this is what tells
-  them apart. A checkpoint written before the family was kept is not checked."""
-  saved = meta.get("encoder_family")
-  if saved is not None and saved != family:
+  them apart. A checkpoint written before the family was kept was trained beside a CLIP (the only family then)."""
+  saved = meta.get("encoder_family", "clip")
+  if saved != family:
     raise ConfigError(f"the checkpoint in {where} was trained beside a {saved} encoder, but "
                       f"clip.family={config.clip.get('family', 'auto')} loads a {family} one from "
                       f"clip.path={config.clip.path}; set --config.clip.family={saved} (or auto), or use another "
@@ -338,7 +351,7 @@ def read_run_config(workdir: pathlib.Path) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise DamagedFileError(f"{path} is damaged ({e}); pass the run's config file with --config instead") from e
-  for key, value in defaults().items():  # a run older than a field behaved as its default
+  for key, value in behaved_before().items():  # a run older than a field ran as it did then
     *path, field = key.split(".")
     node = config
     for part in path:

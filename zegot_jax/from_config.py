@@ -71,7 +71,10 @@ def resolve_clip_path(config: ml_collections.ConfigDict, workdir: pathlib.Path, 
     setting = encoder_family(config)
     present = [f for f in encoders.FAMILIES if (pathlib.Path(workdir) / tiny_clip.directory_name(f)).is_dir()]
     if setting == "auto":  # the one the run holds, else CLIP's
-      family = present[0] if len(present) == 1 else "clip"
+      if len(present) > 1:
+        raise ConfigError(f"clip.family=auto but {workdir} holds tiny random encoders of {present}; set "
+                          f"--config.clip.family to the run's")
+      family = present[0] if present else "clip"
     else:
       family = setting
     directory = pathlib.Path(workdir) / tiny_clip.directory_name(family)

@@ -26,7 +26,7 @@ from zegot_jax.train_config import TrainConfig
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
-  """The phases of one run, from its `TrainConfig` (whose checks and defaults these are): `Schedule.of(train)`."""
+  """The phases of one run: `Schedule.of(train)` from its (checked) `TrainConfig`, which holds the defaults."""
 
   total_steps: int
   phase1_fraction: float  # T_g = phase1_fraction · total_steps (appendix B: 20%)

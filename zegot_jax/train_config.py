@@ -3,7 +3,8 @@
 A config file's `train` section is `TrainConfig` written out field by field (`config_lib.base_config`), as its
 `model` section is `ZegOTConfig`; the trainer reads it back with `from_section`, which checks every value. A
 checkpoint written before a field existed resumes when the config holds that field's default
-(`checkpoints.check_matches` reads what a checkpoint lacks from these defaults).
+(`checkpoints.check_matches` reads what a checkpoint lacks from these defaults; a field whose default later changed
+is listed in `checkpoints.BEHAVED_BEFORE` with what the runs before it did).
 
 Adding a training switch: a field here, whose default is what every run did before it, and the code that reads it.
 """

@@ -385,14 +385,14 @@ class _Training:
     """Steps start..t.steps; SIGTERM (preemption) asks it to save and stop after the current step. With several
     processes, JAX's coordination service receives the signal and all processes agree on the step to stop at."""
     t, workdir = self.t, self.workdir
+    self.writer = MetricsWriter(workdir, start, enabled=self.is_main)  # may refuse a damaged metrics.jsonl: first
+    self.bar = tqdm(total=t.steps, initial=start, disable=not self.is_main, desc="train", dynamic_ncols=True)
     stop = {"requested": False}
     previous_handler = signal.getsignal(signal.SIGTERM)
     if not self.multi_process:
       signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
-    self.writer = MetricsWriter(workdir, start, enabled=self.is_main)
     last_metrics, last_eval = {}, None
     pending = []  # device metrics since the last log
-    self.bar = tqdm(total=t.steps, initial=start, disable=not self.is_main, desc="train", dynamic_ncols=True)
     timer, timed_steps, waited = time.perf_counter(), 0, 0.0  # waited: seconds in next(iterator) since the log
     try:
       for step in range(start, t.steps):
