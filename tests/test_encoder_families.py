@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.test_prediction import evaluation_and_prediction_logits
 from tests.test_train import _runlocal
-from zegot_jax import checkpoints, config_lib, evaluation, prediction, trainer
+from zegot_jax import checkpoints, config_lib, prediction, trainer
 from zegot_jax.app import session as session_lib
 from zegot_jax.data import textures
 from zegot_jax.models import encoders, siglip, tiny_clip
@@ -51,18 +52,7 @@ def test_the_run_holds_a_siglip_encoder(run):
 
 
 def test_prediction_gives_the_logits_evaluation_computes(run):
-  config = checkpoints.read_run_config(run)
-  trained = checkpoints.load_run(run, config)
-  evaluator = evaluation.Evaluator(config, trained.model, trained.tokenizer, mesh=trained.mesh)
-  evaluator.segmenter.set_params(trained.params)
-  source = evaluation.evaluation_split(config, evaluator.dataset)
-  path = run / "eval_image.png"
-  Image.fromarray(source[0]["image"]).save(path)
-  ex = evaluator.examples[0]
-  expected = np.asarray(evaluator.segmenter.logits(ex["image"], ex["label"].shape))
-  predictor = prediction.Predictor(run)
-  got = np.asarray(predictor.logits(prediction.read_image(path), list(evaluator.spec.classes)))
-  assert got.shape == (*ex["label"].shape, len(evaluator.spec.classes))
+  [(expected, got)] = evaluation_and_prediction_logits(run, (0,))
   np.testing.assert_array_equal(got, expected)
   assert np.ptp(got) > 0  # not a constant map
 

@@ -23,9 +23,9 @@ def run(smoke_run):
   return smoke_run
 
 
-def test_predict_and_evaluation_give_the_same_logits(run):
-  """A dataset image read from a PNG file by predict, with the dataset's class list, gets exactly the logits that
-  evaluation computes for it: one Segmenter, the same resize, windows and stride."""
+def evaluation_and_prediction_logits(run, indices):
+  """For each evaluation image `indices`: (the logits evaluation computes, the logits predict computes for the image
+  saved as a PNG, with the dataset's class list)."""
   config = checkpoints.read_run_config(run)
   trained = checkpoints.load_run(run, config)
   evaluator = evaluation.Evaluator(config, trained.model, trained.tokenizer, mesh=trained.mesh)
@@ -33,12 +33,19 @@ def test_predict_and_evaluation_give_the_same_logits(run):
   source = evaluation.evaluation_split(config, evaluator.dataset)
   path = run / "eval_image.png"
   predictor = prediction.Predictor(run)
-  for i in (0, 1):
+  for i in indices:
     Image.fromarray(source[i]["image"]).save(path)
     ex = evaluator.examples[i]
     expected = np.asarray(evaluator.segmenter.logits(ex["image"], ex["label"].shape))
     got = np.asarray(predictor.logits(prediction.read_image(path), list(evaluator.spec.classes)))
     assert got.shape == expected.shape == (*ex["label"].shape, len(evaluator.spec.classes))
+    yield expected, got
+
+
+def test_predict_and_evaluation_give_the_same_logits(run):
+  """A dataset image read from a PNG file by predict, with the dataset's class list, gets exactly the logits that
+  evaluation computes for it: one Segmenter, the same resize, windows and stride."""
+  for expected, got in evaluation_and_prediction_logits(run, (0, 1)):
     np.testing.assert_array_equal(got, expected)
 
 

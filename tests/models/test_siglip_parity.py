@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import transformers
 
+from tests.models.test_clip_parity import _assert_below, _errors  # the same comparison, layers (1, 2, 3)
 from zegot_jax.models import clip_reference, encoder_checkpoint, prompts, siglip, zegot
 
-FEATURE_LAYERS = (1, 2, 3)
 
 
 def tiny_siglip_config(image_size=36):
@@ -37,19 +37,6 @@ def _inputs(seed, image_size, batch=2):
   ids = rng.integers(3, 99, size=(3, 64))
   ids[:, -1] = 1  # as SigLIP's texts: padded with </s> to 64
   return pixels, ids
-
-
-def _errors(loaded, torch_model, pixels, ids, mask=None):
-  ours = clip_reference.flax_outputs(loaded, pixels, ids, FEATURE_LAYERS, mask)
-  reference = clip_reference.reference_outputs(torch_model, pixels, ids, FEATURE_LAYERS, mask)
-  assert set(ours) == set(reference)
-  assert len([k for k in reference if k.startswith("vision_hidden_")]) == 4  # embeddings + 3 layers
-  return clip_reference.relative_errors(ours, reference)
-
-
-def _assert_below(errors, tolerance):
-  worst = {k: e for k, e in errors.items() if not e < tolerance}
-  assert not worst, f"outputs differ from transformers beyond {tolerance}: {worst}"
 
 
 def test_every_output_equals_transformers_float32(checkpoint):
