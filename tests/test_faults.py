@@ -4,6 +4,7 @@ Nothing saved is ever lost or non-finite, and every resume continues exactly."""
 
 import errno
 import json
+import multiprocessing
 import os
 import pathlib
 import random
@@ -201,6 +202,32 @@ def test_a_changed_worker_count_is_refused_not_resumed_wrongly(data_dir, tmp_pat
   trainer.train_and_evaluate(_runlocal(data_dir, steps=4, checkpoint_every=2), tmp_path, on_step=_stop_at(2))
   with pytest.raises(errors.ConfigError, match=r"train\.num_workers: checkpoint has 0, config has 1"):
     trainer.train_and_evaluate(_runlocal(data_dir, steps=4, checkpoint_every=2, num_workers=1), tmp_path)
+  assert not multiprocessing.active_children()  # the refused run's input workers are gone, not left to exit
+
+
+def test_a_run_closes_its_input_workers_and_checkpoint_manager(data_dir, tmp_path, monkeypatch):
+  """Finished or failed, a run ends its grain worker processes and closes its orbax manager (its threads and
+  metadata stores), rather than leaving them to the interpreter's exit."""
+  closed = []
+  real_manager = checkpoints.manager
+
+  def manager(*args, **kwargs):
+    mngr = real_manager(*args, **kwargs)
+    real_close = mngr.close
+    mngr.close = lambda: closed.append(mngr) or real_close()
+    return mngr
+
+  monkeypatch.setattr(checkpoints, "manager", manager)
+  config = _runlocal(data_dir, steps=2, checkpoint_every=2, num_workers=1)
+  trainer.train_and_evaluate(config, tmp_path / "a")
+  assert len(closed) == 1 and not multiprocessing.active_children()
+  with pytest.raises(errors.DivergedError):  # a failure inside the loop
+    trainer.train_and_evaluate(config, tmp_path / "b", on_step=_raise_diverged)
+  assert len(closed) == 2 and not multiprocessing.active_children()
+
+
+def _raise_diverged(done):
+  raise errors.DivergedError(f"stopped at step {done} by the test")
 
 
 def _cli(*args, timeout=300):

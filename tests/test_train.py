@@ -235,7 +235,7 @@ def test_config_argument_and_override_typos_are_errors(tmp_path):
   module = _load_config_module(ROOT / "configs" / "voc12_zs3.py")
   with pytest.raises(ValueError, match=r"config argument 'settting=inductive'"):
     module.get_config("settting=inductive")
-  with pytest.raises(ValueError, match="expected transductive or inductive"):
+  with pytest.raises(ValueError, match="expected transductive, inductive or supervised"):
     module.get_config("setting=semi")
   with pytest.raises(ValueError, match=r"--config.<section>.matching=.*--config.model.matching=none"):
     module.get_config("matching=none")  # one field: --config.model.matching=none, not a variant

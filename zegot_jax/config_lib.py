@@ -44,8 +44,9 @@ def parse_arg(arg: str | None) -> ml_collections.ConfigDict:
       values[key] = value.lower() in ("true", "1")
     else:
       values[key] = type(default)(value)
-  if values["setting"] not in ("transductive", "inductive"):
-    raise ConfigError(f"config argument setting={values['setting']!r}: expected transductive or inductive")
+  if values["setting"] not in ("transductive", "inductive", "supervised"):
+    raise ConfigError(f"config argument setting={values['setting']!r}: expected transductive, inductive or "
+                      "supervised (every class labelled: the ceiling, not zero-shot)")
   if values["encoder"] not in ENCODERS:
     raise ConfigError(f"config argument encoder={values['encoder']!r}: expected one of {sorted(ENCODERS)}; another "
                       f"checkpoint of a supported family: --config.clip.path=DIRECTORY_OR_HUB_ID")

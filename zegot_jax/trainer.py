@@ -258,6 +258,7 @@ class _Training:
 
   def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path, on_step, restart_from: int | None):
     self.config, self.workdir, self.on_step, self.restart_from = config, workdir, on_step, restart_from
+    self.mngr = self.iterator = None  # opened by `start`, closed by `close`
     self.t = t = train_config(config)
     self.is_main = jax.process_index() == 0
     self.multi_process = jax.process_count() > 1
@@ -342,6 +343,14 @@ class _Training:
       with errors.storage(f"--workdir={workdir}: cannot write config.json"):
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     return start
+
+  def close(self) -> None:
+    """Ends what the run started in the background, finished or failed: the input pipeline's worker processes and
+    the checkpoint manager (its pending writes are awaited first)."""
+    if self.iterator is not None:
+      self.iterator.close()
+    if self.mngr is not None:
+      self.mngr.close()
 
   def save(self, step: int) -> None:
     """Checkpoint `step`: never a non-finite state; its meta holds what a resume and an inference check."""
@@ -438,4 +447,7 @@ class _Training:
 
 def _train_and_evaluate(config, workdir: pathlib.Path, on_step, restart_from: int | None) -> dict:
   training = _Training(config, workdir, on_step, restart_from)
-  return training.loop(training.start())
+  try:
+    return training.loop(training.start())
+  finally:
+    training.close()

@@ -34,8 +34,19 @@ def test_inductive_trains_on_seen_names_only_and_ignores_unseen_pixels():
   assert label_map.unseen_positions(spec, "inductive") == []
 
 
+def test_supervised_labels_every_class_and_pseudo_labels_none():
+  spec = _spec()
+  dataset_labels = np.array([0, 1, 2, 3, 4, IGNORE_INDEX], np.uint8)
+  marked = label_map.unseen_lut(spec.unseen, "supervised")[dataset_labels]
+  np.testing.assert_array_equal(marked, [0, 1, 2, 3, 4, IGNORE_INDEX])
+  classes, lut = label_map.training_classes(spec, "supervised")
+  assert classes == [0, 1, 2, 3, 4]
+  np.testing.assert_array_equal(lut[marked], marked)
+  assert label_map.unseen_positions(spec, "supervised") == []
+
+
 def test_phase_1_reads_unlabelled_as_ignored_and_a_bad_setting_is_named():
   labels = jnp.asarray([0, UNLABELLED, IGNORE_INDEX, 2], jnp.int32)
   np.testing.assert_array_equal(label_map.ignore_unlabelled(labels), [0, IGNORE_INDEX, IGNORE_INDEX, 2])
-  with pytest.raises(ValueError, match=r"setting='zero-shot'; expected one of \('transductive', 'inductive'\)"):
+  with pytest.raises(ValueError, match=r"setting='zero-shot'; expected one of \('transductive', 'inductive', 'supervised'\)"):
     label_map.training_classes(_spec(), "zero-shot")

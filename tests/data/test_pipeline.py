@@ -82,6 +82,11 @@ def test_unseen_pixels_are_unlabelled_or_ignored(world):
     np.testing.assert_array_equal(t["image"], i["image"])  # same augmentation, only the marking differs
     np.testing.assert_array_equal(np.where(t["label"] == UNLABELLED, IGNORE_INDEX, t["label"]), i["label"])
   assert sum(int((t["label"] == UNLABELLED).sum()) for t in trans) > 0
+  supervised = _batches(_train(world, setting="supervised", photometric=False), 10)
+  for t, s in zip(trans, supervised):  # every unlabelled pixel of the transductive batch keeps its unseen class
+    np.testing.assert_array_equal(t["image"], s["image"])
+    assert np.isin(s["label"][t["label"] == UNLABELLED], unseen).all()
+    np.testing.assert_array_equal(np.where(np.isin(s["label"], unseen), UNLABELLED, s["label"]), t["label"])
   with pytest.raises(ValueError, match="setting='semi'"):
     _train(world, setting="semi")
 

@@ -3,7 +3,9 @@
 The peers' protocol (ZegCLIP, OTSeg; docs/reading.md): a transductive run trains on every class name, and the
 unseen classes' pixels are UNLABELLED (254): their place is known, their class is not, and phase 2 pseudo-labels
 them; phase 1 reads them as ignored. An inductive run never sees an unseen name: it trains on the seen classes
-only, and their pixels are IGNORE_INDEX (255), as boundaries and background are.
+only, and their pixels are IGNORE_INDEX (255), as boundaries and background are. A supervised run is not zero-shot:
+every class is labelled (the fully supervised ceiling the peers report beside their zero-shot numbers); it is
+evaluated as the others are, with the seen / unseen split of the dataset.
 
 Dataset label ids are indices into `spec.classes`; the model's are indices into the trained class list
 (`training_classes`), which is the dataset's own order, without the unseen classes when inductive.
@@ -19,7 +21,7 @@ import numpy as np
 
 from zegot_jax.data.classes import IGNORE_INDEX, UNLABELLED, DatasetSpec
 
-SETTINGS = ("transductive", "inductive")
+SETTINGS = ("transductive", "inductive", "supervised")
 
 
 def check_setting(setting: str) -> str:
@@ -29,17 +31,18 @@ def check_setting(setting: str) -> str:
 
 
 def unseen_lut(unseen: Sequence[int], setting: str) -> np.ndarray:
-  """256-entry table on dataset ids: unseen classes → UNLABELLED (transductive) or IGNORE_INDEX (inductive), the
-  rest unchanged. Applied by the input pipeline to every training label map."""
+  """256-entry table on dataset ids: unseen classes → UNLABELLED (transductive), IGNORE_INDEX (inductive) or
+  unchanged (supervised), the rest unchanged. Applied by the input pipeline to every training label map."""
   lut = np.arange(256, dtype=np.uint8)
-  lut[list(unseen)] = UNLABELLED if check_setting(setting) == "transductive" else IGNORE_INDEX
+  if check_setting(setting) != "supervised":
+    lut[list(unseen)] = UNLABELLED if setting == "transductive" else IGNORE_INDEX
   return lut
 
 
 def training_classes(spec: DatasetSpec, setting: str) -> tuple[list[int], np.ndarray]:
   """(dataset class indices the model is trained on, 256-entry table from dataset ids into that list). Inductive
   runs train on the seen classes only."""
-  indices = list(range(len(spec.classes))) if check_setting(setting) == "transductive" else list(spec.seen)
+  indices = list(spec.seen) if check_setting(setting) == "inductive" else list(range(len(spec.classes)))
   lut = np.arange(256, dtype=np.uint8)
   lut[:len(spec.classes)] = IGNORE_INDEX
   lut[indices] = np.arange(len(indices))
@@ -47,7 +50,8 @@ def training_classes(spec: DatasetSpec, setting: str) -> tuple[list[int], np.nda
 
 
 def unseen_positions(spec: DatasetSpec, setting: str) -> list[int]:
-  """The unseen classes' positions in the trained class list: what phase 2 pseudo-labels ([] when inductive)."""
+  """The unseen classes' positions in the trained class list: what phase 2 pseudo-labels ([] unless
+  transductive)."""
   classes, _ = training_classes(spec, setting)
   return [classes.index(i) for i in spec.unseen] if setting == "transductive" else []
 

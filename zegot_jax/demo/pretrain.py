@@ -49,6 +49,7 @@ PRETRAIN_STREAM = 1000  # generator stream of the pretraining images (textures_z
 # textures are the caption pairs whose every patch the caption describes; measured (docs/demo.md) to teach the patch
 # features more per step than 1-4 regions drawn uniformly.
 PRETRAIN_REGION_WEIGHTS = (4, 2, 1, 1)
+POOLINGS = ("cls", "cls+mean", "cls+patch")
 CAPTION_LENGTH = 20  # tokens per caption, padded (the longest caption has 17): text tower cost stays small
 DEFAULTS = dict(seed=0, steps=8000, batch_size=64, pool_size=200000, lr=1e-3, warmup_steps=200, weight_decay=0.1,
                 pooling="cls+mean")
@@ -154,6 +155,13 @@ def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: s
   loss, accuracy = info_nce(vision.image_embeds)
   if pooling == "cls":
     return loss, dict(batch_accuracy=accuracy)
+  if pooling == "cls+patch":
+    patches = _unit(vision.dense_features[layer]).reshape(ids.shape[0], -1, t.shape[-1])  # (B, P, D)
+    logits = scale * jnp.einsum("bpd,cd->bpc", patches, t)  # every patch against every caption
+    patch_loss = optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.broadcast_to(labels[:, None], logits.shape[:2])).mean()
+    return (loss + patch_loss) / 2, dict(batch_accuracy=accuracy,
+                                         patch_accuracy=jnp.mean(jnp.argmax(logits, -1) == labels[:, None]))
   mean_loss, mean_accuracy = info_nce(vision.dense_features[layer].mean(axis=(1, 2)))
   return (loss + mean_loss) / 2, dict(batch_accuracy=accuracy, mean_pool_accuracy=mean_accuracy)
 
@@ -168,8 +176,8 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
   same pool)."""
   settings = dict(seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr,
                   warmup_steps=warmup_steps, weight_decay=weight_decay, pooling=pooling)
-  if pooling not in ("cls", "cls+mean"):
-    raise ValueError(f"pooling={pooling!r}: expected 'cls' or 'cls+mean'")
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling={pooling!r}: expected one of {POOLINGS}")
   start = time.time()
   tokenizer = mini_clip.caption_tokenizer()
   config = mini_clip.mini_config(len(tokenizer), tokenizer.eos_token_id)
@@ -247,7 +255,7 @@ def _define_flags() -> dict:
       lr=flags.DEFINE_float("lr", d["lr"], "Peak learning rate."),
       warmup_steps=flags.DEFINE_integer("warmup_steps", d["warmup_steps"], "Linear warmup steps."),
       weight_decay=flags.DEFINE_float("weight_decay", d["weight_decay"], "AdamW weight decay."),
-      pooling=flags.DEFINE_enum("pooling", d["pooling"], ["cls", "cls+mean"], "Image embeddings of the InfoNCE "
+      pooling=flags.DEFINE_enum("pooling", d["pooling"], list(POOLINGS), "Image embeddings of the InfoNCE "
                                 "loss: CLIP's CLS token, or also the mean of the projected patch tokens."),
       workers=flags.DEFINE_integer("workers", 1, "Processes rendering the image pool (the pool is the same for "
                                    "any number)."),
