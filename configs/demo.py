@@ -4,6 +4,7 @@ r"""The offline demo: ZegOT on the textures world with the shipped mini-CLIP, on
   python -m zegot_jax.train --config configs/demo.py --workdir runs/demo
   python -m zegot_jax.train --config configs/demo.py:setting=inductive --workdir runs/demo_inductive
   python -m zegot_jax.train --config configs/demo.py --config.model.matching=none --workdir runs/demo_no_mpot
+  python -m zegot_jax.train --config configs/demo.py:setting=supervised --workdir runs/demo_ceiling  # all labelled
 
 Both training phases (seen labels, then self-training on the unseen classes) and the evaluation (mIoU(S),
 mIoU(U), hIoU) on the test split. The CLIP was pretrained on captions of this world by

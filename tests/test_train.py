@@ -207,7 +207,8 @@ def test_two_processes_train_to_identical_params(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
-@pytest.mark.parametrize("arg,overrides", [("", {}), ("setting=inductive", {}), ("runlocal=True", {}),
+@pytest.mark.parametrize("arg,overrides", [("", {}), ("setting=inductive", {}), ("setting=supervised", {}),
+                                           ("runlocal=True", {}),
                                            ("", {"model.matching": "none", "model.prompts": "handcrafted"})])
 def test_every_config_builds(path, arg, overrides):
   """Each config's model initializes (shapes only, jax.eval_shape) with the CLIP it names: ViT-B/16 shapes for
@@ -228,7 +229,7 @@ def test_every_config_builds(path, arg, overrides):
   variables = jax.eval_shape(model.init, jax.random.key(0), images, tokens)
   out, _ = jax.eval_shape(model.apply, variables, images, tokens)
   assert out.logits.shape == (1, size, size, k)
-  assert config.train.steps > 0 and config.setting in ("transductive", "inductive")
+  assert config.train.steps > 0 and config.setting == (arg.partition("setting=")[2] or "transductive")
 
 
 def test_config_argument_and_override_typos_are_errors(tmp_path):

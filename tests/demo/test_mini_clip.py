@@ -1,6 +1,7 @@
 """The demo's mini-CLIP: its caption tokenizer, what the shipped checkpoint knows, and that the pretraining script
 reproduces it."""
 
+import hashlib
 import json
 import os
 
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 import transformers
 
+from zegot_jax import errors
 from zegot_jax.data import textures
 from zegot_jax.demo import mini_clip, pretrain, probe
-from zegot_jax.models import encoder_checkpoint, prompts
+from zegot_jax.models import encoder_checkpoint, prompts, tiny_clip
 
 SHIPPED = mini_clip.shipped_path()
 # Dense zero-shot accuracy per patch (nearest class prompt; chance 8.3%) at layer 2, where it is highest for both
@@ -152,6 +154,37 @@ def test_pretraining_reproduces_the_shipped_run():
   _, _, _, again = pretrain.train(**settings, stop_after=100)
   assert len(again["loss"]) == 100
   assert again["loss"] == pytest.approx(report["loss"][:100], rel=1e-4)
+
+
+def test_an_interrupted_pretraining_resumes_to_the_same_weights(tmp_path):
+  """Stopped after 3 of 6 steps (its state saved at steps 2 and 3), then run again: the same weights and losses as
+  the uninterrupted run. Other settings are refused by name."""
+  settings = dict(steps=6, batch_size=4, pool_size=40, warmup_steps=2, pooling="cls+patch")
+  whole, _, _, whole_report = pretrain.train(**settings)
+  pretrain.train(**settings, stop_after=3, checkpoint_dir=tmp_path, checkpoint_every=2)
+  assert (tmp_path / pretrain.CHECKPOINT_FILE).is_file()
+  resumed, _, _, resumed_report = pretrain.train(**settings, checkpoint_dir=tmp_path, checkpoint_every=2)
+  a, b = _flat(whole), _flat(resumed)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert resumed_report["loss"] == whole_report["loss"] and len(resumed_report["loss"]) == 6
+  with pytest.raises(errors.UserError, match=r"other settings \(lr: saved 0\.001, now 0\.002\)"):
+    pretrain.train(**{**settings, "lr": 2e-3}, checkpoint_dir=tmp_path)
+
+
+def test_pretraining_continues_from_the_weights_it_is_given(tmp_path):
+  """--init: the run starts from that checkpoint's weights (with a zero learning rate they are all it ends with),
+  records which weights they were, and refuses a checkpoint of another architecture."""
+  params, _, _, report = pretrain.train(steps=1, batch_size=4, pool_size=8, warmup_steps=1, lr=0.0, init=str(SHIPPED))
+  a, b = _flat(params), _flat(encoder_checkpoint.from_pretrained(SHIPPED).params)
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+  assert report["settings"]["init"]["sha256"] == hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
+  other = tiny_clip.make_random_clip(tmp_path / "tiny")
+  with pytest.raises(errors.UserError, match=r"--init .*tiny: not a mini-CLIP of this architecture"):
+    pretrain.train(steps=1, batch_size=4, pool_size=8, warmup_steps=1, init=str(other))
 
 
 def test_the_shipped_vocabulary_is_every_caption_word_each_one_token(shipped):

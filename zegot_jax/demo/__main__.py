@@ -34,7 +34,7 @@ def baseline(config, workdir: pathlib.Path) -> dict:
 def comparison_table(zegot: dict, frozen: dict) -> str:
   """Markdown: ZegOT's mIoU(S), mIoU(U), hIoU beside the frozen CLIP's, and the difference."""
   lines = ["| | mIoU(S) | mIoU(U) | hIoU |", "|---|---|---|---|"]
-  for title, r in (("(a) frozen mini-CLIP, hand-crafted prompts, no training", frozen), ("(d) ZegOT (this run)", zegot)):
+  for title, r in (("(a) frozen mini-CLIP, hand-crafted prompts, no training", frozen), ("(e) ZegOT (this run)", zegot)):
     lines.append(f"| {title} | " + " | ".join(f"{r[m]:.1f}" for m in results.METRICS) + " |")
   lines.append("| ZegOT − frozen | " + " | ".join(f"{zegot[m] - frozen[m]:+.1f}" for m in results.METRICS) + " |")
   return "\n".join(lines)

@@ -1,6 +1,10 @@
 r"""Pretrains the demo's mini-CLIP the way CLIP is pretrained: image-caption contrastive, at the image level.
 
   python -m zegot_jax.demo.pretrain --out DIR [--seed 0] [--workers 2]
+  python -m zegot_jax.demo.pretrain --out DIR2 --init DIR --pooling cls+patch --steps 2000   # continue from DIR
+
+A run saves its state in `<out>.partial/` every `--checkpoint_every` steps; the same command, run again after an
+interruption, continues from there and ends with the weights an uninterrupted run gives.
 
 The defaults reproduce the checkpoint shipped in `zegot_jax/demo/mini_clip/` (same seed, same numbers to float
 tolerance on a CPU). What it does:
@@ -13,7 +17,9 @@ tolerance on a CPU). What it does:
 3. trains both towers from scratch with CLIP's symmetric InfoNCE between the images' CLS embeddings and their
    captions' EOS embeddings (learned temperature, clipped at 100), AdamW with warmup + cosine decay. The image
    tower's position embedding starts as a 2-D sine-cosine table (a from-scratch ViT need not learn where its
-   patches are); nothing else differs from CLIP;
+   patches are). `--pooling` adds a second image-level term: the same loss on the mean of the projected patch tokens
+   (`cls+mean`, the default), or each projected patch token against every caption of the batch (`cls+patch`:
+   a patch's positive is its own image's caption); nothing else differs from CLIP;
 4. writes the checkpoint in transformers' format with the caption tokenizer, `pretraining.json` (settings and the
    loss of every step) and `knowledge.json` (what the model knows, measured on held-out scenes: `probe.py`).
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
+import hashlib
 import json
 import multiprocessing
 import os
@@ -36,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import flags
+from flax import serialization
 from tqdm import tqdm
 
 from zegot_jax import cli, errors
@@ -52,7 +60,7 @@ PRETRAIN_REGION_WEIGHTS = (4, 2, 1, 1)
 POOLINGS = ("cls", "cls+mean", "cls+patch")
 CAPTION_LENGTH = 20  # tokens per caption, padded (the longest caption has 17): text tower cost stays small
 DEFAULTS = dict(seed=0, steps=8000, batch_size=64, pool_size=200000, lr=1e-3, warmup_steps=200, weight_decay=0.1,
-                pooling="cls+mean")
+                pooling="cls+mean", init=None)
 
 
 def pretraining_scene(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -166,16 +174,69 @@ def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: s
   return (loss + mean_loss) / 2, dict(batch_accuracy=accuracy, mean_pool_accuracy=mean_accuracy)
 
 
+CHECKPOINT_FILE = "pretraining_state.msgpack"
+
+
+def _weights_digest(directory: str) -> str:
+  """sha256 of a checkpoint directory's weights: what `init` was, recorded in pretraining.json."""
+  path = pathlib.Path(directory) / "model.safetensors"
+  if not path.is_file():
+    raise errors.UserError(f"--init {directory}: no model.safetensors there; give a mini-CLIP checkpoint directory")
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _initial_weights(init: str, params):
+  """The weights of the mini-CLIP checkpoint `init`, checked to have the shapes of `params` (the mini config)."""
+  loaded = encoder_checkpoint.from_pretrained(init).params
+  shapes = lambda tree: jax.tree_util.tree_map(lambda x: tuple(np.shape(x)), tree)
+  if shapes(loaded) != shapes(params):
+    raise errors.UserError(f"--init {init}: not a mini-CLIP of this architecture (mini_clip.mini_config); give a "
+                           "checkpoint written by this command")
+  return jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), loaded)
+
+
+def _save(path: pathlib.Path, step: int, settings: dict, params, opt_state, losses: list, accuracies: list) -> None:
+  """The run's state after `step` steps, written atomically (a crash while saving keeps the previous one)."""
+  state = dict(step=step, settings=json.dumps(settings, sort_keys=True), params=params, opt_state=opt_state,
+               loss=np.asarray(jax.device_get(losses), np.float32),
+               batch_accuracy=np.asarray(jax.device_get(accuracies), np.float32))
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_bytes(serialization.msgpack_serialize(serialization.to_state_dict(state)))
+  os.replace(tmp, path)
+
+
+def _restore(path: pathlib.Path, settings: dict, params, opt_state):
+  """(step, params, opt_state, losses, accuracies) saved by `_save`; a run of other settings is refused."""
+  state = serialization.msgpack_restore(path.read_bytes())
+  saved = json.loads(state["settings"])
+  if saved != settings:
+    changed = ", ".join(f"{k}: saved {saved.get(k)!r}, now {settings.get(k)!r}"
+                        for k in sorted(set(saved) | set(settings)) if saved.get(k) != settings.get(k))
+    raise errors.UserError(f"{path} is a pretraining run with other settings ({changed}); give the same settings "
+                           "to resume it, or another --out to start anew")
+  params = serialization.from_state_dict(params, state["params"])
+  opt_state = serialization.from_state_dict(opt_state, state["opt_state"])
+  return (int(state["step"]), params, opt_state, [np.float32(x) for x in state["loss"]],
+          [np.float32(x) for x in state["batch_accuracy"]])
+
+
 def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch_size: int = DEFAULTS["batch_size"],
           pool_size: int = DEFAULTS["pool_size"], lr: float = DEFAULTS["lr"],
           warmup_steps: int = DEFAULTS["warmup_steps"], weight_decay: float = DEFAULTS["weight_decay"],
-          pooling: str = DEFAULTS["pooling"], stop_after: int | None = None, workers: int = 1):
+          pooling: str = DEFAULTS["pooling"], stop_after: int | None = None, workers: int = 1,
+          init: str | None = DEFAULTS["init"], checkpoint_dir: str | os.PathLike | None = None,
+          checkpoint_every: int = 500):
   """Pretrains the mini-CLIP; returns (params, config, tokenizer, report). `stop_after` ends the same run (same
   schedule, same batches) after that many steps, rendering only the images those steps use, to check a prefix
   of it against the shipped `pretraining.json`. `workers`: processes rendering the pool (any number gives the
-  same pool)."""
+  same pool). `init`: a mini-CLIP checkpoint directory to continue from instead of a random start (its weights;
+  the optimizer starts anew). `checkpoint_dir`: the run's state is saved there every `checkpoint_every` steps and resumed from it
+  (same settings only), giving the same result as an uninterrupted run."""
   settings = dict(seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr,
                   warmup_steps=warmup_steps, weight_decay=weight_decay, pooling=pooling)
+  if init:
+    settings["init"] = dict(path=str(init), sha256=_weights_digest(init))
   if pooling not in POOLINGS:
     raise ValueError(f"pooling={pooling!r}: expected one of {POOLINGS}")
   start = time.time()
@@ -191,9 +252,18 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
   params = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
   params["vision_model"]["embeddings"]["position_embedding"]["embedding"] = sincos_position_embedding(
       config.vision.grid, config.vision.hidden_size)
+  if init:
+    params = _initial_weights(init, params)
   schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, steps)
   optimizer = optax.adamw(schedule, b2=0.98, weight_decay=weight_decay)
   opt_state = optimizer.init(params)
+  first, losses, accuracies = 0, [], []
+  checkpoint = None if checkpoint_dir is None else pathlib.Path(checkpoint_dir) / CHECKPOINT_FILE
+  if checkpoint is not None and checkpoint.is_file():
+    first, params, opt_state, losses, accuracies = _restore(checkpoint, settings, params, opt_state)
+    if first > last:
+      raise errors.UserError(f"{checkpoint} is already at step {first}, past the {last} asked for")
+    print(f"resuming pretraining from step {first} ({checkpoint})")
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
   def train_step(params, opt_state, images, ids):
@@ -201,8 +271,7 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, dict(loss=loss, **metrics)
 
-  losses, accuracies = [], []
-  progress = tqdm(range(last), desc="pretraining", unit="step", mininterval=2.0)
+  progress = tqdm(range(first, last), desc="pretraining", unit="step", mininterval=2.0, initial=first, total=last)
   for step in progress:
     index = batches[step]
     params, opt_state, metrics = train_step(params, opt_state, images[index], ids[index])
@@ -210,6 +279,8 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
     accuracies.append(metrics["batch_accuracy"])
     if (step + 1) % 50 == 0:
       progress.set_postfix(loss=f"{float(losses[-1]):.3f}", batch_acc=f"{float(accuracies[-1]):.2f}")
+    if checkpoint is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == last):
+      _save(checkpoint, step + 1, settings, params, opt_state, losses, accuracies)
   params = jax.device_get(params)
   report = dict(settings=settings, region_weights=list(PRETRAIN_REGION_WEIGHTS), loss=[float(x) for x in losses],
                 batch_accuracy=[float(x) for x in accuracies],
@@ -219,11 +290,13 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
 
 def pretrain(out: str | os.PathLike, **settings) -> pathlib.Path:
   """Trains the mini-CLIP (`train`'s settings), measures what it knows (`probe.knowledge`) and writes it to
-  `out`, atomically: a crash leaves no half-written directory."""
+  `out`, atomically: a crash leaves no half-written directory. Until then the run's state is saved every
+  `checkpoint_every` steps in `<out>.partial/`, and the same command resumes from it."""
   out = pathlib.Path(out)
   if out.exists():
     raise errors.UserError(f"--out {out} exists; give a new directory")
-  params, config, tokenizer, report = train(**settings)
+  partial = partial_dir(out)
+  params, config, tokenizer, report = train(**settings, checkpoint_dir=partial)
   knowledge = probe.knowledge(CLIP(config), params, tokenizer)
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
@@ -240,7 +313,13 @@ def pretrain(out: str | os.PathLike, **settings) -> pathlib.Path:
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
+  shutil.rmtree(partial, ignore_errors=True)  # the finished checkpoint replaces the run's state
   return out
+
+
+def partial_dir(out: pathlib.Path) -> pathlib.Path:
+  """Where an unfinished pretraining run into `out` keeps its state."""
+  return out.parent / (out.name + ".partial")
 
 
 def _define_flags() -> dict:
@@ -257,6 +336,10 @@ def _define_flags() -> dict:
       weight_decay=flags.DEFINE_float("weight_decay", d["weight_decay"], "AdamW weight decay."),
       pooling=flags.DEFINE_enum("pooling", d["pooling"], list(POOLINGS), "Image embeddings of the InfoNCE "
                                 "loss: CLIP's CLS token, or also the mean of the projected patch tokens."),
+      init=flags.DEFINE_string("init", d["init"], "A mini-CLIP checkpoint directory to continue pretraining from "
+                               "(default: a random start)."),
+      checkpoint_every=flags.DEFINE_integer("checkpoint_every", 500, "Steps between saves of the run's state in "
+                                            "<out>.partial/ (the same command resumes from it)."),
       workers=flags.DEFINE_integer("workers", 1, "Processes rendering the image pool (the pool is the same for "
                                    "any number)."),
   )
