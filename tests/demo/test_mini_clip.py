@@ -181,7 +181,8 @@ def test_pretraining_continues_from_the_weights_it_is_given(tmp_path):
   assert a.keys() == b.keys()
   for key in a:
     np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-  assert report["settings"]["init"]["sha256"] == hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
+  weights = (SHIPPED / "model.safetensors").read_bytes()
+  assert report["settings"]["init"]["sha256"] == hashlib.sha256(weights).hexdigest()
   other = tiny_clip.make_random_clip(tmp_path / "tiny")
   with pytest.raises(errors.UserError, match=r"--init .*tiny: not a mini-CLIP of this architecture"):
     pretrain.train(steps=2, batch_size=4, pool_size=8, warmup_steps=1, init=str(other))

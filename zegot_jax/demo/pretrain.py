@@ -231,8 +231,8 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
   schedule, same batches) after that many steps, rendering only the images those steps use, to check a prefix
   of it against the shipped `pretraining.json`. `workers`: processes rendering the pool (any number gives the
   same pool). `init`: a mini-CLIP checkpoint directory to continue from instead of a random start (its weights;
-  the optimizer starts anew). `checkpoint_dir`: the run's state is saved there every `checkpoint_every` steps and resumed from it
-  (same settings only), giving the same result as an uninterrupted run."""
+  the optimizer starts anew). `checkpoint_dir`: the run's state is saved there every `checkpoint_every` steps and
+  resumed from it (same settings only), giving the same result as an uninterrupted run."""
   settings = dict(seed=seed, steps=steps, batch_size=batch_size, pool_size=pool_size, lr=lr,
                   warmup_steps=warmup_steps, weight_decay=weight_decay, pooling=pooling)
   if init:
@@ -335,7 +335,8 @@ def _define_flags() -> dict:
       warmup_steps=flags.DEFINE_integer("warmup_steps", d["warmup_steps"], "Linear warmup steps."),
       weight_decay=flags.DEFINE_float("weight_decay", d["weight_decay"], "AdamW weight decay."),
       pooling=flags.DEFINE_enum("pooling", d["pooling"], list(POOLINGS), "Image embeddings of the InfoNCE "
-                                "loss: CLIP's CLS token, or also the mean of the projected patch tokens."),
+                                "loss: CLIP's CLS token, and also the mean of the projected patch tokens "
+                                "(cls+mean) or each projected patch token (cls+patch)."),
       init=flags.DEFINE_string("init", d["init"], "A mini-CLIP checkpoint directory to continue pretraining from "
                                "(default: a random start)."),
       checkpoint_every=flags.DEFINE_integer("checkpoint_every", 500, "Steps between saves of the run's state in "
