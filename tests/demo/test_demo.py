@@ -20,10 +20,14 @@ from zegot_jax.models import prompts, zegot
 from zegot_jax.models.clip import CLIP, normalize_image
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# The shortened demo (configs/demo.py:runlocal=True) must beat the frozen mini-CLIP by these many points on the test
-# split. Measured (160 steps, seed 0): mIoU(U) 26.7 and hIoU 33.2 against the frozen CLIP's 12.5 and 12.7.
-MIN_UNSEEN_GAIN = 8.0
-MIN_HIOU_GAIN = 12.0
+# The shortened demo (configs/demo.py:runlocal=True, 160 steps) against the frozen mini-CLIP on the test split. The
+# frozen CLIP's layer 2, which the demo's DFA reads, already segments well (mIoU(U) 62.7, hIoU 66.5), so 160 steps
+# do not beat it by much (measured, seed 0: mIoU(U) 62.9, mIoU(S) 70.9 against 62.7, 70.8); what they must show is
+# that the decoder, which starts untrained and has 80% of the ensemble's say (λ = 0.2), learned to segment: the
+# ensemble loses at most MAX_LOSS to the frozen CLIP, and the decoder alone segments the unseen textures, never
+# labelled, at least MIN_DECODER_UNSEEN. (Before the mini-CLIP's local term: 26.7 against the frozen 12.5.)
+MAX_LOSS = 1.0
+MIN_DECODER_UNSEEN = 50.0
 
 
 def demo_config(data_dir, arg="runlocal=True"):
@@ -42,15 +46,15 @@ def demo_run(tmp_path_factory, data_dir):
   return workdir, done.stdout
 
 
-def test_short_demo_beats_the_frozen_clip_on_unseen_classes(demo_run):
+def test_short_demo_keeps_up_with_the_frozen_clip(demo_run):
   workdir, stdout = demo_run
   assert "ZegOT − frozen" in stdout and "figure:" in stdout
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   trained = [r for r in rows if "eval/mIoU_unseen" in r][-1]
   baseline = json.loads((workdir / "baseline" / "result.json").read_text())
   assert baseline["split"] == "test" and baseline["examples"] == 300
-  assert trained["eval/mIoU_unseen"] >= baseline["mIoU_unseen"] + MIN_UNSEEN_GAIN, (trained, baseline)
-  assert trained["eval/hIoU"] >= baseline["hIoU"] + MIN_HIOU_GAIN, (trained, baseline)
+  assert trained["eval/mIoU_unseen"] >= baseline["mIoU_unseen"] - MAX_LOSS, (trained, baseline)
+  assert trained["eval/hIoU"] >= baseline["hIoU"] - MAX_LOSS, (trained, baseline)
 
 
 def test_the_demo_measures_the_apps_threshold_on_its_test_split(demo_run):
@@ -159,6 +163,7 @@ def test_diagnosis_of_the_ensemble_is_what_evaluation_reported(demo_run, data_di
   assert d["step"] == evaluated["step"] and d["split"] == "test"
   for metric in ("mIoU_seen", "mIoU_unseen"):
     assert d["branches"]["Y*"][metric] == pytest.approx(evaluated[f"eval/{metric}"], abs=0.01)
+  assert d["branches"]["Ỹ"]["mIoU_unseen"] >= MIN_DECODER_UNSEEN, d["branches"]  # the decoder learned
   spec_unseen = [textures.CATEGORIES.index(n) for n in d["unseen"]]
   source = from_config.open_dataset(config).splits["test"]
   labels = np.stack([np.asarray(source[i]["label"])[..., 0] for i in range(len(source))])

@@ -1,13 +1,14 @@
-r"""Pretrains the demo's mini-CLIP the way CLIP is pretrained: image-caption contrastive, at the image level.
+r"""Pretrains the demo's mini-CLIP the way CLIP is pretrained: image-caption pairs only, no pixel labels.
 
-  python -m zegot_jax.demo.pretrain --out DIR [--seed 0] [--workers 2]
-  python -m zegot_jax.demo.pretrain --out DIR2 --init DIR --pooling cls+patch --steps 2000   # continue from DIR
+  python -m zegot_jax.demo.pretrain --out DIR [--seed 0] [--workers 2]                     # stage 1, from scratch
+  python -m zegot_jax.demo.pretrain --out DIR2 --init DIR --pooling cls+mean+local --steps 2000 --lr 5e-4 \
+      --warmup_steps 100 --seed 1                                                          # stage 2, from DIR
 
 A run saves its state in `<out>.partial/` every `--checkpoint_every` steps; the same command, run again after an
 interruption, continues from there and ends with the weights an uninterrupted run gives.
 
-The defaults reproduce the checkpoint shipped in `zegot_jax/demo/mini_clip/` (same seed, same numbers to float
-tolerance on a CPU). What it does:
+The two commands above (SHIPPED_STAGES) reproduce the checkpoint shipped in `zegot_jax/demo/mini_clip/` (same
+numbers to float tolerance on a CPU; its `pretraining.json` records both runs). What it does:
 
 1. renders a pool of scenes of the textures world (1-4 regions, mostly 1 or 2, 64×64), entry i from its own
    generator seeded by
@@ -19,7 +20,8 @@ tolerance on a CPU). What it does:
    tower's position embedding starts as a 2-D sine-cosine table (a from-scratch ViT need not learn where its
    patches are). `--pooling` adds a second image-level term: the same loss on the mean of the projected patch tokens
    (`cls+mean`, the default), or each projected patch token against every caption of the batch (`cls+patch`:
-   a patch's positive is its own image's caption); nothing else differs from CLIP;
+   a patch's positive is its own image's caption), or the mean term and a local term read from the caption's nouns
+   (`cls+mean+local`, `local_loss`); nothing else differs from CLIP;
 4. writes the checkpoint in transformers' format with the caption tokenizer, `pretraining.json` (settings and the
    loss of every step) and `knowledge.json` (what the model knows, measured on held-out scenes: `probe.py`).
 """
@@ -57,10 +59,17 @@ PRETRAIN_STREAM = 1000  # generator stream of the pretraining images (textures_z
 # textures are the caption pairs whose every patch the caption describes; measured (docs/demo.md) to teach the patch
 # features more per step than 1-4 regions drawn uniformly.
 PRETRAIN_REGION_WEIGHTS = (4, 2, 1, 1)
-POOLINGS = ("cls", "cls+mean", "cls+patch")
+POOLINGS = ("cls", "cls+mean", "cls+patch", "cls+mean+local")
+LOCAL_LAYERS = (2, 3, 4)  # the layers whose patch tokens the local term trains (the demo's DFA layers)
+LOCAL_ENTROPY = 0.1  # weight of the patches' entropy in the local term
 CAPTION_LENGTH = 20  # tokens per caption, padded (the longest caption has 17): text tower cost stays small
 DEFAULTS = dict(seed=0, steps=8000, batch_size=64, pool_size=200000, lr=1e-3, warmup_steps=200, weight_decay=0.1,
                 pooling="cls+mean", init=None)
+
+
+# The shipped checkpoint: these defaults from scratch, then continued from that run (`--init`) with the local term.
+SHIPPED_STAGES = (dict(seed=0, steps=8000, lr=1e-3, warmup_steps=200, pooling="cls+mean"),
+                  dict(seed=1, steps=2000, lr=5e-4, warmup_steps=100, pooling="cls+mean+local"))
 
 
 def pretraining_scene(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -138,7 +147,36 @@ def _unit(x: jax.Array) -> jax.Array:
   return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: str = "cls+mean"
+def caption_nouns(texts: list[str]) -> np.ndarray:
+  """(n, 12) bool: the texture categories each caption names, read from its words (as GroupViT reads the nouns of
+  its captions): what a caption says, nothing more."""
+  words = [set(t.rstrip(".").replace(",", " ").split()) for t in texts]
+  return np.array([[name in w for name in textures.CATEGORIES] for w in words], bool)
+
+
+def class_prompt_ids(tokenizer) -> np.ndarray:
+  """(12 · frames, CAPTION_LENGTH) token ids of every category in every caption frame, category-major."""
+  texts = [t.format(name) for name in textures.CATEGORIES for t in probe.TEMPLATES]
+  return prompts.tokenize(tokenizer, texts, length=CAPTION_LENGTH, max_length=CAPTION_LENGTH)
+
+
+def local_loss(z: jax.Array, named: jax.Array) -> jax.Array:
+  """Multiple-instance loss of patch logits z (B, P, K) against the nouns of each image's caption, named (B, K).
+
+  A patch shows one of the textures its caption names: −log Σ_{k named} softmax(z)_k; each named texture is shown
+  by some patch: −log max_p softmax(z)_{p,k}; and a patch shows one texture, not a blend of the scene's (entropy,
+  weight LOCAL_ENTROPY). Scenes of one texture thus teach every patch its name; scenes of several teach a patch to
+  name its own region, not the scene."""
+  logq = jax.nn.log_softmax(z, axis=-1)  # (B, P, K)
+  mask = jnp.where(named[:, None, :], 0.0, -jnp.inf)
+  in_caption = -jax.nn.logsumexp(logq + mask, axis=-1).mean()
+  shown = -(jnp.max(logq, axis=1) * named).sum() / named.sum()
+  entropy = -(jnp.exp(logq) * logq).sum(-1).mean()
+  return in_caption + shown + LOCAL_ENTROPY * entropy
+
+
+def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: str = "cls+mean",
+              named: jax.Array | None = None, class_ids: jax.Array | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """CLIP's symmetric InfoNCE: images (B, H, W, 3) uint8 against their captions ids (B, T).
 
@@ -146,9 +184,12 @@ def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: s
   two InfoNCE losses, CLIP's and the same with the image embedding pooled as the mean of the last layer's projected
   patch tokens (global average pooling, as some CLIP variants pool): both image-level, against the whole caption;
   the mean pooling makes every patch carry the caption's meaning, which patch tokens of a CLS-only model lack
-  (measured: README, "The mini-CLIP")."""
+  (measured: README, "The mini-CLIP"). "cls+mean+local" adds `local_loss` at LOCAL_LAYERS, the patch tokens against
+  the class prompts (class_ids, `class_prompt_ids`) with the caption's nouns (named (B, 12), `caption_nouns`)."""
   layer = model.config.vision.num_hidden_layers
-  vision = model.apply({"params": params}, normalize_image(images), feature_layers=(layer,) if pooling != "cls" else (),
+  local = pooling.endswith("+local")
+  feature_layers = () if pooling == "cls" else tuple(sorted({layer, *(LOCAL_LAYERS if local else ())}))
+  vision = model.apply({"params": params}, normalize_image(images), feature_layers=feature_layers,
                        method=CLIP.encode_image)
   t = _unit(model.apply({"params": params}, ids, method=CLIP.encode_text).text_embeds)  # (B, D)
   scale = jnp.exp(jnp.minimum(params["logit_scale"], jnp.log(100.0)))  # CLIP clips the temperature at 100
@@ -171,7 +212,16 @@ def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: s
     return (loss + patch_loss) / 2, dict(batch_accuracy=accuracy,
                                          patch_accuracy=jnp.mean(jnp.argmax(logits, -1) == labels[:, None]))
   mean_loss, mean_accuracy = info_nce(vision.dense_features[layer].mean(axis=(1, 2)))
-  return (loss + mean_loss) / 2, dict(batch_accuracy=accuracy, mean_pool_accuracy=mean_accuracy)
+  metrics = dict(batch_accuracy=accuracy, mean_pool_accuracy=mean_accuracy)
+  loss = (loss + mean_loss) / 2
+  if local:
+    c = _unit(model.apply({"params": params}, class_ids, method=CLIP.encode_text).text_embeds)
+    c = _unit(c.reshape(named.shape[1], -1, c.shape[-1]).mean(1))  # (K, D): frames averaged, as the probe's
+    local_losses = [local_loss(scale * jnp.einsum("bpd,kd->bpk", _unit(vision.dense_features[l]).reshape(
+        ids.shape[0], -1, c.shape[-1]), c), named) for l in LOCAL_LAYERS]
+    metrics["local_loss"] = sum(local_losses) / len(local_losses)
+    loss = loss + metrics["local_loss"]
+  return loss, metrics
 
 
 CHECKPOINT_FILE = "pretraining_state.msgpack"
@@ -247,6 +297,8 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
   used = np.unique(batches)  # the pool entries these steps read, sorted
   images, ids, texts = render_pool(seed, used, tokenizer, CAPTION_LENGTH, workers)
   batches = np.searchsorted(used, batches)  # pool indices → rows of `images`
+  named = caption_nouns(texts)  # (n, 12): what each caption names (read by the local term only)
+  class_ids = jnp.asarray(class_prompt_ids(tokenizer))
   model = CLIP(config)
   size = config.vision.image_size
   params = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)), jnp.zeros((1, 4), jnp.int32))["params"]
@@ -266,15 +318,16 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
     print(f"resuming pretraining from step {first} ({checkpoint})")
 
   @functools.partial(jax.jit, donate_argnums=(0, 1))
-  def train_step(params, opt_state, images, ids):
-    (loss, metrics), grads = jax.value_and_grad(clip_loss, has_aux=True)(params, model, images, ids, pooling)
+  def train_step(params, opt_state, images, ids, named):
+    (loss, metrics), grads = jax.value_and_grad(clip_loss, has_aux=True)(params, model, images, ids, pooling,
+                                                                          named, class_ids)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, dict(loss=loss, **metrics)
 
   progress = tqdm(range(first, last), desc="pretraining", unit="step", mininterval=2.0, initial=first, total=last)
   for step in progress:
     index = batches[step]
-    params, opt_state, metrics = train_step(params, opt_state, images[index], ids[index])
+    params, opt_state, metrics = train_step(params, opt_state, images[index], ids[index], named[index])
     losses.append(metrics["loss"])  # device arrays: read back in blocks, not every step
     accuracies.append(metrics["batch_accuracy"])
     if (step + 1) % 50 == 0:
@@ -285,6 +338,8 @@ def train(*, seed: int = DEFAULTS["seed"], steps: int = DEFAULTS["steps"], batch
   report = dict(settings=settings, region_weights=list(PRETRAIN_REGION_WEIGHTS), loss=[float(x) for x in losses],
                 batch_accuracy=[float(x) for x in accuracies],
                 example_captions=texts[:8], jax_version=jax.__version__, seconds=round(time.time() - start, 1))
+  if init and (pathlib.Path(init) / "pretraining.json").is_file():  # how the weights it started from were made
+    report["init_pretraining"] = json.loads((pathlib.Path(init) / "pretraining.json").read_text())
   return params, config, tokenizer, report
 
 
@@ -336,7 +391,8 @@ def _define_flags() -> dict:
       weight_decay=flags.DEFINE_float("weight_decay", d["weight_decay"], "AdamW weight decay."),
       pooling=flags.DEFINE_enum("pooling", d["pooling"], list(POOLINGS), "Image embeddings of the InfoNCE "
                                 "loss: CLIP's CLS token, and also the mean of the projected patch tokens "
-                                "(cls+mean) or each projected patch token (cls+patch)."),
+                                "(cls+mean) or each projected patch token (cls+patch); cls+mean+local adds a "
+                                "per-patch term from the caption's nouns."),
       init=flags.DEFINE_string("init", d["init"], "A mini-CLIP checkpoint directory to continue pretraining from "
                                "(default: a random start)."),
       checkpoint_every=flags.DEFINE_integer("checkpoint_every", 500, "Steps between saves of the run's state in "

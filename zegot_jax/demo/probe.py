@@ -8,7 +8,7 @@ r"""What the mini-CLIP knows, measured on held-out scenes of the textures world 
   classified by the nearest class prompt to its dense feature (patch tokens → post-layernorm → projection, what
   ZegOT's score maps start from), over all 12 categories; and per pixel as mIoU (what a frozen-CLIP baseline on
   that layer alone segments);
-* a linear-probe ceiling of the last layer's dense features: softmax regression over all 12 categories, trained
+* a linear-probe ceiling of each layer's dense features: softmax regression over all 12 categories, trained
   with every category's patch labels on other scenes; per patch, and per pixel (logits upsampled bilinearly, as
   ZegOT's are) as mIoU(S), mIoU(U), hIoU: the best a linear read-out of these features can segment;
 * seen-trained alignment: a linear map from patch to text space trained on the seen categories only (cosine
@@ -150,18 +150,24 @@ def knowledge(model: CLIP, params, tokenizer, *, scenes: int = 300, per_class: i
 
   last = num_layers
   train_patch, train_cover = patch_labels(train_labels, patch)
-  x_train = jnp.asarray(train_dense[last][train_cover >= 0.5])  # (P, D)
   y_train = jnp.asarray(train_patch[train_cover >= 0.5])
+
+  def linear_probe(layer):  # softmax regression over all 12 categories, every category's labels
+    x = jnp.asarray(train_dense[layer][train_cover >= 0.5])  # (P, D)
+
+    def probe_loss(p):
+      return optax.softmax_cross_entropy_with_integer_labels(x @ p["w"] + p["b"], y_train).mean()
+
+    k = len(textures.CATEGORIES)
+    fitted = _fit(probe_loss, dict(w=jnp.zeros((x.shape[-1], k)), b=jnp.zeros(k)))
+    logits = np.asarray(test_dense[layer] @ fitted["w"] + fitted["b"])  # (S, h, w, 12)
+    return dict(patches=_accuracy(logits.argmax(-1)[keep], test_patch[keep]), pixels=_pixel_miou(logits, test_labels))
+
+  result["linear_probe_layers"] = {str(l): linear_probe(l) for l in layers}
+  result["linear_probe"] = result["linear_probe_layers"][str(last)]["patches"]
+  result["linear_probe_pixels"] = result["linear_probe_layers"][str(last)]["pixels"]
+  x_train = jnp.asarray(train_dense[last][train_cover >= 0.5])  # (P, D)
   dim = x_train.shape[-1]
-
-  def probe_loss(p):  # softmax regression over all 12 categories, every category's labels
-    logits = x_train @ p["w"] + p["b"]
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y_train).mean()
-
-  linear = _fit(probe_loss, dict(w=jnp.zeros((dim, len(textures.CATEGORIES))), b=jnp.zeros(len(textures.CATEGORIES))))
-  test_logits = np.asarray(test_dense[last] @ linear["w"] + linear["b"])  # (S, h, w, 12)
-  result["linear_probe"] = _accuracy(test_logits.argmax(-1)[keep], test_patch[keep])
-  result["linear_probe_pixels"] = _pixel_miou(test_logits, test_labels)
 
   seen_rows = np.isin(y_train, SEEN)
   x_seen, y_seen = x_train[seen_rows], y_train[seen_rows]
@@ -185,13 +191,16 @@ def format_knowledge(k: dict) -> str:
   """A short table of the measurements (percent)."""
   rows = [("image-level zero-shot (single textures)", k["image_zero_shot"])]
   rows += [(f"dense zero-shot, layer {l} (per patch)", v) for l, v in k["dense_zero_shot"].items()]
-  rows += [("linear map learned on seen categories only, last layer", k["seen_trained_alignment"]),
-           ("linear probe, all 12 categories' labels, last layer", k["linear_probe"])]
+  per_layer = k.get("linear_probe_layers", {})  # knowledge.json files before it have the last layer only
+  rows += [("linear map learned on seen categories only, last layer", k["seen_trained_alignment"])]
+  rows += [(f"linear probe, all 12 categories' labels, layer {l}", v["patches"]) for l, v in per_layer.items()]
+  rows += [] if per_layer else [("linear probe, all 12 categories' labels, last layer", k["linear_probe"])]
   lines = ["| probe | seen | unseen |", "|---|---|---|"]
   lines += [f"| {name} | {100 * v['seen']:.1f}% | {100 * v['unseen']:.1f}% |" for name, v in rows]
   pixels = [(f"dense zero-shot, layer {l}", v) for l, v in k.get("dense_zero_shot_pixels", {}).items()]
-  pixels += [("linear map learned on seen categories only, last layer", k.get("seen_trained_alignment_pixels")),
-             ("linear probe, all 12 categories' labels, last layer", k["linear_probe_pixels"])]
+  pixels += [("linear map learned on seen categories only, last layer", k.get("seen_trained_alignment_pixels"))]
+  pixels += [(f"linear probe, all 12 categories' labels, layer {l}", v["pixels"]) for l, v in per_layer.items()]
+  pixels += [] if per_layer else [("linear probe, all 12 categories' labels, last layer", k["linear_probe_pixels"])]
   lines += ["", "| per pixel | mIoU(S) | mIoU(U) | hIoU |", "|---|---|---|---|"]
   lines += [f"| {name} | {v['mIoU_seen']:.1f} | {v['mIoU_unseen']:.1f} | {v['hIoU']:.1f} |" for name, v in pixels if v]
   lines.append(f"(chance accuracy {100 * k['chance']:.1f}%)")
