@@ -60,7 +60,7 @@ PRETRAIN_STREAM = 1000  # generator stream of the pretraining images (textures_z
 # features more per step than 1-4 regions drawn uniformly.
 PRETRAIN_REGION_WEIGHTS = (4, 2, 1, 1)
 POOLINGS = ("cls", "cls+mean", "cls+patch", "cls+mean+local")
-LOCAL_LAYERS = (2, 3, 4)  # the layers whose patch tokens the local term trains (the demo's DFA layers)
+LOCAL_LAYERS = (2, 3, 4)  # the layers whose patch tokens the local term trains (those DFA chose from)
 LOCAL_ENTROPY = 0.1  # weight of the patches' entropy in the local term
 CAPTION_LENGTH = 20  # tokens per caption, padded (the longest caption has 17): text tower cost stays small
 DEFAULTS = dict(seed=0, steps=8000, batch_size=64, pool_size=200000, lr=1e-3, warmup_steps=200, weight_decay=0.1,
