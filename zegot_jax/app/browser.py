@@ -177,6 +177,10 @@ class Page:
   def segment(self) -> str:
     return self._after(lambda: self._element("#segment").click(), "the segmentation")
 
+  def shown_class(self) -> str:
+    """The label of the class whose score maps are shown ('dots (seen)')."""
+    return self._element("#shown input").get_attribute("value")
+
   def choose_class(self, tagged: str) -> str:
     """Picks a class in the score-map dropdown by its label ('dots (seen)'); returns the score maps' file name."""
     before = self.image_urls("score_maps")
