@@ -68,7 +68,7 @@ DEFAULTS = dict(seed=0, steps=8000, batch_size=64, pool_size=200000, lr=1e-3, wa
 
 
 # The shipped checkpoint: these defaults from scratch, then continued from that run (`--init`) with the local term.
-SHIPPED_STAGES = (dict(seed=0, steps=8000, lr=1e-3, warmup_steps=200, pooling="cls+mean"),
+SHIPPED_STAGES = ({k: v for k, v in DEFAULTS.items() if k != "init"},
                   dict(seed=1, steps=2000, lr=5e-4, warmup_steps=100, pooling="cls+mean+local"))
 
 
@@ -156,8 +156,7 @@ def caption_nouns(texts: list[str]) -> np.ndarray:
 
 def class_prompt_ids(tokenizer) -> np.ndarray:
   """(12 · frames, CAPTION_LENGTH) token ids of every category in every caption frame, category-major."""
-  texts = [t.format(name) for name in textures.CATEGORIES for t in probe.TEMPLATES]
-  return prompts.tokenize(tokenizer, texts, length=CAPTION_LENGTH, max_length=CAPTION_LENGTH)
+  return prompts.tokenize(tokenizer, probe.class_texts(), length=CAPTION_LENGTH, max_length=CAPTION_LENGTH)
 
 
 def local_loss(z: jax.Array, named: jax.Array) -> jax.Array:
@@ -215,8 +214,7 @@ def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: s
   metrics = dict(batch_accuracy=accuracy, mean_pool_accuracy=mean_accuracy)
   loss = (loss + mean_loss) / 2
   if local:
-    c = _unit(model.apply({"params": params}, class_ids, method=CLIP.encode_text).text_embeds)
-    c = _unit(c.reshape(named.shape[1], -1, c.shape[-1]).mean(1))  # (K, D): frames averaged, as the probe's
+    c = probe.mean_over_templates(model.apply({"params": params}, class_ids, method=CLIP.encode_text).text_embeds)
     local_losses = [local_loss(scale * jnp.einsum("bpd,kd->bpk", _unit(vision.dense_features[l]).reshape(
         ids.shape[0], -1, c.shape[-1]), c), named) for l in LOCAL_LAYERS]
     metrics["local_loss"] = sum(local_losses) / len(local_losses)

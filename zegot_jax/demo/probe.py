@@ -68,14 +68,22 @@ def patch_labels(labels: np.ndarray, patch_size: int) -> tuple[np.ndarray, np.nd
   return coverage.argmax(-1), coverage.max(-1)
 
 
+def class_texts() -> list[str]:
+  """Every category in every template, category-major (12 · templates texts)."""
+  return [t.format(name) for name in textures.CATEGORIES for t in TEMPLATES]
+
+
+def mean_over_templates(text_embeds: jax.Array) -> jax.Array:
+  """(12 · templates, D) text embeddings of `class_texts` → (12, D) unit class embeddings: the mean of the
+  templates' unit embeddings, renormalized."""
+  unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  return unit(unit(text_embeds).reshape(len(textures.CATEGORIES), len(TEMPLATES), -1).mean(1))
+
+
 def class_text(model: CLIP, params, tokenizer) -> jax.Array:
-  """(12, D) unit class embeddings: the mean of the templates' unit text embeddings, renormalized."""
-  texts = [t.format(name) for name in textures.CATEGORIES for t in TEMPLATES]
-  ids = jnp.asarray(prompts.tokenize(tokenizer, texts))
-  t = model.apply({"params": params}, ids, method=CLIP.encode_text).text_embeds
-  t = t / jnp.linalg.norm(t, axis=-1, keepdims=True)
-  t = t.reshape(len(textures.CATEGORIES), len(TEMPLATES), -1).mean(1)
-  return t / jnp.linalg.norm(t, axis=-1, keepdims=True)
+  """(12, D) unit class embeddings (`mean_over_templates`)."""
+  ids = jnp.asarray(prompts.tokenize(tokenizer, class_texts()))
+  return mean_over_templates(model.apply({"params": params}, ids, method=CLIP.encode_text).text_embeds)
 
 
 def features(model: CLIP, params, images: np.ndarray, layers: tuple[int, ...], batch: int = 200
