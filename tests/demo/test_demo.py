@@ -21,12 +21,12 @@ from zegot_jax.models.clip import CLIP, normalize_image
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The shortened demo (configs/demo.py:runlocal=True, 160 steps) against the frozen mini-CLIP on the test split. The
-# frozen CLIP's layer 2, which the demo's DFA reads, already segments well (mIoU(U) 62.7, hIoU 66.5), so 160 steps
-# do not beat it by much (measured, seed 0: mIoU(U) 62.9, mIoU(S) 70.9 against 62.7, 70.8); what they must show is
-# that the decoder, which starts untrained and has 80% of the ensemble's say (λ = 0.2), learned to segment: the
-# ensemble loses at most MAX_LOSS to the frozen CLIP, and the decoder alone segments the unseen textures, never
-# labelled, at least MIN_DECODER_UNSEEN. (Before the mini-CLIP's local term: 26.7 against the frozen 12.5.)
-MAX_LOSS = 1.0
+# frozen CLIP's layer 4, the last the demo's DFA reads, already segments well (mIoU(U) 63.2, hIoU 67.1), so 160 steps
+# do not beat it by much (measured 2026-12-08, seed 0: mIoU(U) 65.3, hIoU 69.1, mIoU(S) 73.3 against 63.2, 67.1,
+# 71.6): the ensemble must beat the frozen CLIP by MIN_GAIN, and the decoder, which starts untrained and has 80% of
+# the ensemble's say (λ = 0.2), must segment the unseen textures, never labelled, at least MIN_DECODER_UNSEEN.
+# (Before the mini-CLIP's local term: 26.7 against the frozen 12.5.)
+MIN_GAIN = 1.0
 MIN_DECODER_UNSEEN = 50.0
 
 
@@ -46,15 +46,15 @@ def demo_run(tmp_path_factory, data_dir):
   return workdir, done.stdout
 
 
-def test_short_demo_keeps_up_with_the_frozen_clip(demo_run):
+def test_short_demo_beats_the_frozen_clip(demo_run):
   workdir, stdout = demo_run
   assert "ZegOT − frozen" in stdout and "figure:" in stdout
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   trained = [r for r in rows if "eval/mIoU_unseen" in r][-1]
   baseline = json.loads((workdir / "baseline" / "result.json").read_text())
   assert baseline["split"] == "test" and baseline["examples"] == 300
-  assert trained["eval/mIoU_unseen"] >= baseline["mIoU_unseen"] - MAX_LOSS, (trained, baseline)
-  assert trained["eval/hIoU"] >= baseline["hIoU"] - MAX_LOSS, (trained, baseline)
+  assert trained["eval/mIoU_unseen"] >= baseline["mIoU_unseen"] + MIN_GAIN, (trained, baseline)
+  assert trained["eval/hIoU"] >= baseline["hIoU"] + MIN_GAIN, (trained, baseline)
 
 
 def test_the_demo_measures_the_apps_threshold_on_its_test_split(demo_run):

@@ -17,13 +17,14 @@ from zegot_jax.demo import mini_clip, pretrain, probe
 from zegot_jax.models import encoder_checkpoint, prompts, tiny_clip
 
 SHIPPED = mini_clip.shipped_path()
-# Dense zero-shot accuracy per patch (nearest class prompt; chance 8.3%) at layer 2, where it is highest for both
-# seen and unseen categories and which the demo's DFA reads, on fresh held-out scenes (seed 1; knowledge.json is
-# measured on seed 0). Measured on these scenes: seen 81.6%, unseen 75.9% (layer 3: 34.3% / 22.5%; layer 4:
-# 29.0% / 16.1%); the mini-CLIP before the local term read 37.2% / 47.0% at layer 2.
-DENSE_LAYER = 2
-MIN_DENSE_SEEN = 0.75
-MIN_DENSE_UNSEEN = 0.70
+# Dense zero-shot accuracy per patch (nearest class prompt; chance 8.3%) at the layers the demo's DFA reads (2-4), on
+# fresh held-out scenes (seed 1; knowledge.json is measured on seed 0). Measured on these scenes (2026-12-07):
+# seen 83.5% / 84.8% / 84.6%, unseen 79.9% / 80.2% / 81.6% at layers 2 / 3 / 4. The previous mini-CLIP (local term at
+# every layer, no anchor) read 81.6% / 75.9% at layer 2 but 34.3% / 22.5% and 29.0% / 16.1% at layers 3 and 4; the
+# one before the local term 37.2% / 47.0% at layer 2.
+DENSE_LAYERS = (2, 3, 4)
+MIN_DENSE_SEEN = 0.78
+MIN_DENSE_UNSEEN = 0.74
 
 
 def test_every_caption_word_is_one_token_and_files_round_trip(tmp_path):
@@ -82,6 +83,25 @@ def test_the_local_term_prefers_patches_that_each_name_their_own_region():
   assert losses[1] == pytest.approx(np.log(2) + pretrain.LOCAL_ENTROPY * np.log(2), rel=1e-3)
 
 
+def test_the_anchored_term_follows_the_anchor_among_the_named_categories_and_leaves_the_anchor_alone():
+  """A deeper layer's patches against the anchor's assignment: the anchor (patch 0 on category 0, patch 1 on 1;
+  category 2 is not named and its large anchor logit must not count) by hand; a deeper layer that agrees costs
+  less than one that swaps the patches (which `local_loss` scores the same); no gradient reaches the anchor."""
+  named = jnp.array([[True, True, False]])
+  anchor = jnp.array([[[2.0, 0.0, 30.0], [0.0, 1.0, 30.0]]])
+  agree = jnp.array([[[5.0, 0.0, 0.0], [0.0, 5.0, 0.0]]])
+  swapped = agree[:, ::-1]
+  assert float(pretrain.local_loss(agree, named)) == pytest.approx(float(pretrain.local_loss(swapped, named)))
+  costs = [float(pretrain.anchored_loss(z, anchor, named)) for z in (agree, swapped)]
+  assert costs[0] < costs[1]
+  target = np.exp(np.asarray(anchor[0, :, :2], np.float64))
+  target /= target.sum(-1, keepdims=True)  # (P, 2): the anchor over the named categories only
+  logq = np.asarray(agree[0], np.float64) - np.log(np.exp(np.asarray(agree[0], np.float64)).sum(-1, keepdims=True))
+  assert costs[0] == pytest.approx(-(target * logq[:, :2]).sum(-1).mean(), rel=1e-5)
+  grad = jax.grad(pretrain.anchored_loss, argnums=1)(agree, anchor, named)
+  np.testing.assert_array_equal(grad, 0.0)
+
+
 def test_pretraining_scenes_have_one_to_four_regions_mostly_one_or_two():
   counts = np.bincount([len(np.unique(pretrain.pretraining_scene(0, i)[1])) for i in range(400)], minlength=5)
   assert counts[0] == 0 and counts.sum() == 400
@@ -128,12 +148,13 @@ def test_shipped_clip_dense_zero_shot_on_held_out_scenes(shipped):
   showed."""
   tokenizer = prompts.load_tokenizer(SHIPPED)
   images, labels = probe.probe_scenes(probe.PROBE_STREAM + 1, 200, seed=1)
-  _, dense = probe.features(shipped.model, shipped.params, images, (DENSE_LAYER,))
+  _, dense = probe.features(shipped.model, shipped.params, images, DENSE_LAYERS)
   text = np.asarray(probe.class_text(shipped.model, shipped.params, tokenizer))
   patch, cover = probe.patch_labels(labels, 8)
   keep = cover >= 0.5
-  accuracy = probe._accuracy(np.argmax(dense[DENSE_LAYER] @ text.T, -1)[keep], patch[keep])  # pylint: disable=protected-access
-  assert accuracy["seen"] >= MIN_DENSE_SEEN and accuracy["unseen"] >= MIN_DENSE_UNSEEN, accuracy
+  for layer in DENSE_LAYERS:
+    accuracy = probe._accuracy(np.argmax(dense[layer] @ text.T, -1)[keep], patch[keep])  # pylint: disable=protected-access
+    assert accuracy["seen"] >= MIN_DENSE_SEEN and accuracy["unseen"] >= MIN_DENSE_UNSEEN, (layer, accuracy)
 
 
 def test_knowledge_json_is_what_the_shipped_weights_measure(shipped):

@@ -1,7 +1,7 @@
 r"""Pretrains the demo's mini-CLIP the way CLIP is pretrained: image-caption pairs only, no pixel labels.
 
   python -m zegot_jax.demo.pretrain --out DIR [--seed 0] [--workers 2]                     # stage 1, from scratch
-  python -m zegot_jax.demo.pretrain --out DIR2 --init DIR --pooling cls+mean+local --steps 2000 --lr 5e-4 \
+  python -m zegot_jax.demo.pretrain --out DIR2 --init DIR --pooling cls+mean+anchored --steps 2000 --lr 5e-4 \
       --warmup_steps 100 --seed 1                                                          # stage 2, from DIR
 
 A run saves its state in `<out>.partial/` every `--checkpoint_every` steps; the same command, run again after an
@@ -21,7 +21,9 @@ numbers to float tolerance on a CPU; its `pretraining.json` records both runs). 
    patches are). `--pooling` adds a second image-level term: the same loss on the mean of the projected patch tokens
    (`cls+mean`, the default), or each projected patch token against every caption of the batch (`cls+patch`:
    a patch's positive is its own image's caption), or the mean term and a local term read from the caption's nouns
-   (`cls+mean+local`, `local_loss`); nothing else differs from CLIP;
+   (`cls+mean+local`, `local_loss` at every layer of LOCAL_LAYERS; `cls+mean+anchored`, the shipped stage 2:
+   `local_loss` at the first of them, the deeper ones held to its assignment, `anchored_loss`); nothing else differs
+   from CLIP;
 4. writes the checkpoint in transformers' format with the caption tokenizer, `pretraining.json` (settings and the
    loss of every step) and `knowledge.json` (what the model knows, measured on held-out scenes: `probe.py`).
 """
@@ -59,7 +61,7 @@ PRETRAIN_STREAM = 1000  # generator stream of the pretraining images (textures_z
 # textures are the caption pairs whose every patch the caption describes; measured (docs/demo.md) to teach the patch
 # features more per step than 1-4 regions drawn uniformly.
 PRETRAIN_REGION_WEIGHTS = (4, 2, 1, 1)
-POOLINGS = ("cls", "cls+mean", "cls+patch", "cls+mean+local")
+POOLINGS = ("cls", "cls+mean", "cls+patch", "cls+mean+local", "cls+mean+anchored")
 LOCAL_LAYERS = (2, 3, 4)  # the layers whose patch tokens the local term trains (those DFA chose from)
 LOCAL_ENTROPY = 0.1  # weight of the patches' entropy in the local term
 CAPTION_LENGTH = 20  # tokens per caption, padded (the longest caption has 17): text tower cost stays small
@@ -69,7 +71,7 @@ DEFAULTS = dict(seed=0, steps=8000, batch_size=64, pool_size=200000, lr=1e-3, wa
 
 # The shipped checkpoint: these defaults from scratch, then continued from that run (`--init`) with the local term.
 SHIPPED_STAGES = ({k: v for k, v in DEFAULTS.items() if k != "init"},
-                  dict(seed=1, steps=2000, lr=5e-4, warmup_steps=100, pooling="cls+mean+local"))
+                  dict(seed=1, steps=2000, lr=5e-4, warmup_steps=100, pooling="cls+mean+anchored"))
 
 
 def pretraining_scene(seed: int, index: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -174,6 +176,16 @@ def local_loss(z: jax.Array, named: jax.Array) -> jax.Array:
   return in_caption + shown + LOCAL_ENTROPY * entropy
 
 
+def anchored_loss(z: jax.Array, z_anchor: jax.Array, named: jax.Array) -> jax.Array:
+  """Cross-entropy of patch logits z (B, P, K) against the anchor layer's assignment of the same patches among the
+  textures their caption names (softmax of z_anchor over the named ones, held fixed). A deeper layer fits
+  `local_loss` just as well by giving a scene's named textures to patches of the wrong regions (its tokens have
+  seen the whole scene; measured: docs/demo.md); the anchor, a layer whose tokens are still local, says which."""
+  mask = jnp.where(named[:, None, :], 0.0, -jnp.inf)
+  target = jax.lax.stop_gradient(jax.nn.softmax(z_anchor + mask, axis=-1))  # (B, P, K), zero off the caption
+  return -(target * jax.nn.log_softmax(z, axis=-1)).sum(-1).mean()
+
+
 def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: str = "cls+mean",
               named: jax.Array | None = None, class_ids: jax.Array | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -186,7 +198,7 @@ def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: s
   (measured: README, "The mini-CLIP"). "cls+mean+local" adds `local_loss` at LOCAL_LAYERS, the patch tokens against
   the class prompts (class_ids, `class_prompt_ids`) with the caption's nouns (named (B, 12), `caption_nouns`)."""
   layer = model.config.vision.num_hidden_layers
-  local = pooling.endswith("+local")
+  local = pooling.endswith(("+local", "+anchored"))
   feature_layers = () if pooling == "cls" else tuple(sorted({layer, *(LOCAL_LAYERS if local else ())}))
   vision = model.apply({"params": params}, normalize_image(images), feature_layers=feature_layers,
                        method=CLIP.encode_image)
@@ -215,8 +227,13 @@ def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: s
   loss = (loss + mean_loss) / 2
   if local:
     c = probe.mean_over_templates(model.apply({"params": params}, class_ids, method=CLIP.encode_text).text_embeds)
-    local_losses = [local_loss(scale * jnp.einsum("bpd,kd->bpk", _unit(vision.dense_features[l]).reshape(
-        ids.shape[0], -1, c.shape[-1]), c), named) for l in LOCAL_LAYERS]
+    z = {l: scale * jnp.einsum("bpd,kd->bpk", _unit(vision.dense_features[l]).reshape(ids.shape[0], -1, c.shape[-1]),
+                               c) for l in LOCAL_LAYERS}  # (B, P, 12) per layer
+    anchor, *deeper = LOCAL_LAYERS
+    if pooling.endswith("+anchored"):  # the first local layer by the caption, the deeper ones by the first
+      local_losses = [local_loss(z[anchor], named)] + [anchored_loss(z[l], z[anchor], named) for l in deeper]
+    else:
+      local_losses = [local_loss(z[l], named) for l in LOCAL_LAYERS]
     metrics["local_loss"] = sum(local_losses) / len(local_losses)
     loss = loss + metrics["local_loss"]
   return loss, metrics
