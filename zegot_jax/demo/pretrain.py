@@ -161,6 +161,11 @@ def class_prompt_ids(tokenizer) -> np.ndarray:
   return prompts.tokenize(tokenizer, probe.class_texts(), length=CAPTION_LENGTH, max_length=CAPTION_LENGTH)
 
 
+def _caption_mask(named: jax.Array) -> jax.Array:
+  """(B, 1, K) additive mask: 0 for the textures a caption names (named (B, K)), −inf for the others."""
+  return jnp.where(named[:, None, :], 0.0, -jnp.inf)
+
+
 def local_loss(z: jax.Array, named: jax.Array) -> jax.Array:
   """Multiple-instance loss of patch logits z (B, P, K) against the nouns of each image's caption, named (B, K).
 
@@ -169,8 +174,7 @@ def local_loss(z: jax.Array, named: jax.Array) -> jax.Array:
   weight LOCAL_ENTROPY). Scenes of one texture thus teach every patch its name; scenes of several teach a patch to
   name its own region, not the scene."""
   logq = jax.nn.log_softmax(z, axis=-1)  # (B, P, K)
-  mask = jnp.where(named[:, None, :], 0.0, -jnp.inf)
-  in_caption = -jax.nn.logsumexp(logq + mask, axis=-1).mean()
+  in_caption = -jax.nn.logsumexp(logq + _caption_mask(named), axis=-1).mean()
   shown = -(jnp.max(logq, axis=1) * named).sum() / named.sum()
   entropy = -(jnp.exp(logq) * logq).sum(-1).mean()
   return in_caption + shown + LOCAL_ENTROPY * entropy
@@ -181,8 +185,7 @@ def anchored_loss(z: jax.Array, z_anchor: jax.Array, named: jax.Array) -> jax.Ar
   textures their caption names (softmax of z_anchor over the named ones, held fixed). A deeper layer fits
   `local_loss` just as well by giving a scene's named textures to patches of the wrong regions (its tokens have
   seen the whole scene; measured: docs/demo.md); the anchor, a layer whose tokens are still local, says which."""
-  mask = jnp.where(named[:, None, :], 0.0, -jnp.inf)
-  target = jax.lax.stop_gradient(jax.nn.softmax(z_anchor + mask, axis=-1))  # (B, P, K), zero off the caption
+  target = jax.lax.stop_gradient(jax.nn.softmax(z_anchor + _caption_mask(named), axis=-1))  # (B, P, K), zero off the caption
   return -(target * jax.nn.log_softmax(z, axis=-1)).sum(-1).mean()
 
 
@@ -196,7 +199,8 @@ def clip_loss(params, model: CLIP, images: jax.Array, ids: jax.Array, pooling: s
   patch tokens (global average pooling, as some CLIP variants pool): both image-level, against the whole caption;
   the mean pooling makes every patch carry the caption's meaning, which patch tokens of a CLS-only model lack
   (measured: README, "The mini-CLIP"). "cls+mean+local" adds `local_loss` at LOCAL_LAYERS, the patch tokens against
-  the class prompts (class_ids, `class_prompt_ids`) with the caption's nouns (named (B, 12), `caption_nouns`)."""
+  the class prompts (class_ids, `class_prompt_ids`) with the caption's nouns (named (B, 12), `caption_nouns`);
+  "cls+mean+anchored" applies it at the first of LOCAL_LAYERS and `anchored_loss` to the deeper ones."""
   layer = model.config.vision.num_hidden_layers
   local = pooling.endswith(("+local", "+anchored"))
   feature_layers = () if pooling == "cls" else tuple(sorted({layer, *(LOCAL_LAYERS if local else ())}))
